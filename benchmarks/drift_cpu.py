@@ -1,0 +1,126 @@
+"""Embedding drift on CPU: llmops' NumPy backend vs alibi-detect MMDDrift(pytorch) vs Evidently's MMD.
+
+Same data for all three (d=384, 5,000 rows per side, 100 permutations by default; the data of
+shared/reference/drift.md §4: a 64-dim latent Gaussian mapped to 384 dims, the current set's latent
+mean shifted by 0.15 in 8 dimensions, rows L2-normalised). Run with the interpreter that has the
+baselines installed; a missing baseline prints a skip line. Example:
+
+    OMP_NUM_THREADS=2 python benchmarks/drift_cpu.py
+
+Ends with `ratio=<llmops speed-up over alibi-detect> target=100` plus more key=value pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+
+def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((64, d)) / 8.0
+    shift = np.zeros(64)
+    shift[:8] = 0.15
+
+    def draw(mean):
+        x = (rng.standard_normal((n, 64)) + mean) @ mix + 0.05 * rng.standard_normal((n, d))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return draw(0.0), draw(shift)
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def run_llmops(ref, cur, permutations, repeats):
+    from llmops.drift import mmd_test
+
+    times, result = [], None
+    for _ in range(repeats):
+        result = mmd_test(ref, cur, permutations=permutations, backend="numpy", seed=0)
+        times.append(result.seconds)
+    return min(times), f"mmd2={result.mmd2:.6f} p={result.p_value:.4f} sigma={result.bandwidth:.4f}"
+
+
+def run_alibi(ref, cur, permutations):
+    from alibi_detect.cd import MMDDrift
+
+    start = time.perf_counter()
+    detector = MMDDrift(ref, backend="pytorch", p_val=0.05, n_permutations=permutations, device="cpu")
+    prediction = detector.predict(cur)["data"]
+    return time.perf_counter() - start, f"mmd2={prediction['distance']:.6f} p={prediction['p_val']:.4f}"
+
+
+def run_evidently(ref, cur, repeats):
+    import pandas as pd
+    from evidently.legacy.metrics.data_drift.embedding_drift_methods import mmd
+
+    method = mmd()
+    ref_df, cur_df = pd.DataFrame(ref), pd.DataFrame(cur)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        score, drifted, _ = method(cur_df, ref_df)
+        times.append(time.perf_counter() - start)
+    return min(times), f"mmd2={score:.6f} drift={drifted} (threshold 0.015, no permutation test)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000, help="rows per side")
+    parser.add_argument("--d", type=int, default=384)
+    parser.add_argument("--permutations", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of llmops and Evidently (best kept); alibi runs once")
+    parser.add_argument("--skip-alibi", action="store_true", help="alibi takes minutes at the default size")
+    args = parser.parse_args()
+
+    ref, cur = make_data(args.n, args.d)
+    print(f"conditions: n={args.n} per side, d={args.d}, permutations={args.permutations}, float32, device=cpu "
+          f"({os.cpu_count()} cores, {platform.processor() or platform.machine()}), python {platform.python_version()}, "
+          f"numpy {np.__version__}, torch {version('torch')}, alibi-detect {version('alibi-detect')}, "
+          f"evidently {version('evidently')}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    rows = []
+    seconds, detail = run_llmops(ref, cur, args.permutations, args.repeats)
+    rows.append(("llmops mmd_test (numpy backend)", seconds, detail))
+    llmops_s = seconds
+
+    alibi_s = evidently_s = None
+    if args.skip_alibi:
+        print("skip: alibi-detect (--skip-alibi)")
+    elif version("alibi-detect") == "not installed":
+        print("skip: alibi-detect is not installed (pip install 'alibi-detect[torch]')")
+    else:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        alibi_s, detail = run_alibi(ref, cur, args.permutations)
+        rows.append(("alibi-detect MMDDrift(backend='pytorch'), init + predict", alibi_s, detail))
+    if version("evidently") == "not installed":
+        print("skip: evidently is not installed (pip install evidently)")
+    else:
+        evidently_s, detail = run_evidently(ref, cur, args.repeats)
+        rows.append(("evidently EmbeddingsDrift mmd (statistic only)", evidently_s, detail))
+
+    print(f"{'method':<58} {'seconds':>9} {'llmops speed-up':>16}  result")
+    for label, secs, detail in rows:
+        print(f"{label:<58} {secs:>9.3f} {secs / llmops_s:>15.1f}x  {detail}")
+    ratio = f"{alibi_s / llmops_s:.1f}" if alibi_s else "nan"
+    ratio_ev = f"{evidently_s / llmops_s:.2f}" if evidently_s else "nan"
+    print(f"ratio={ratio} target=100 ratio_evidently={ratio_ev} target_evidently=2 llmops_s={llmops_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The model registry: base models and LoRA adapters as versions of registered models in MLflow.
+
+A base-model version references its weights (a local folder or a hub id + revision), never copies
+them. An adapter version stores the adapter files as artifacts of an MLflow run and carries lineage
+tags (base ref and digest, dataset, config, prompt, git commit, llmops version). Every alias move is
+also recorded as an event (see `events.py`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from llmops.errors import NotFoundError, RegistryError
+from llmops.registry import events as _events
+from llmops.registry.digest import tree_digest
+from llmops.registry.refs import Ref, check_alias, check_name, parse_ref
+from llmops.registry.store import configure, ensure_experiment, retry_locked
+
+__all__ = [
+    "ModelVersion",
+    "RegisteredModelSummary",
+    "register_base_model",
+    "register_adapter",
+    "resolve_model_ref",
+    "set_model_alias",
+    "alias_history",
+    "search_models",
+    "KIND_BASE",
+    "KIND_ADAPTER",
+    "KIND_MERGED",
+]
+
+KIND_BASE, KIND_ADAPTER, KIND_MERGED = "base", "adapter", "merged"
+TAG_KIND = "llmops.kind"
+TAG_SOURCE = "llmops.source"
+TAG_REVISION = "llmops.revision"
+TAG_DIGEST = "llmops.digest"
+TAG_BASE = "llmops.base"
+TAG_BASE_DIGEST = "llmops.base_digest"
+TAG_VERSION = "llmops.llmops_version"
+REGISTRY_EXPERIMENT = "llmops-registry"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, as llmops sees it."""
+
+    name: str
+    version: int
+    kind: str
+    """`base` (weights referenced by `source`), `adapter` (LoRA files as artifacts) or `merged`."""
+    source: str
+    """Local folder or hub id of a base; artifact location of an adapter."""
+    revision: str | None = None
+    base: str | None = None
+    """For adapters: the base model version it was trained on, as `name/VERSION`."""
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    created: datetime | None = None
+    run_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """The canonical reference `name/VERSION`."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def digest(self) -> str | None:
+        """Content digest of the weights (base) or adapter files (adapter)."""
+        return self.tags.get(TAG_DIGEST)
+
+    def local_path(self) -> Path:
+        """A local folder holding this version's files (downloading artifacts when remote).
+
+        For a base model referenced by hub id, returns the hub id as a Path-like string is not
+        possible: raises RegistryError, since llmops never downloads weights itself.
+        """
+        if self.kind == KIND_BASE and not _is_local_source(self.source):
+            raise RegistryError(
+                f"{self.ref} references hub model {self.source!r}; load it through transformers "
+                "(with the revision) rather than as a local folder"
+            )
+        if self.source.startswith("file://") or _is_local_source(self.source):
+            path = Path(self.source.removeprefix("file://"))
+            if not path.exists():
+                raise RegistryError(f"{self.ref}: its files at {path} no longer exist")
+            return path
+        import mlflow
+
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=self.source))
+
+
+@dataclass(frozen=True)
+class RegisteredModelSummary:
+    """A registered model with its latest version and aliases, for listings."""
+
+    name: str
+    latest_version: int | None
+    kind: str | None
+    aliases: dict[str, int]
+    description: str = ""
+
+
+def _is_local_source(source: str) -> bool:
+    return source.startswith(("/", "file://")) or Path(source).exists()
+
+
+def _to_model_version(mv: Any, aliases: tuple[str, ...] | None = None) -> ModelVersion:
+    tags = dict(mv.tags or {})
+    created = datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc) if mv.creation_timestamp else None
+    return ModelVersion(
+        name=mv.name,
+        version=int(mv.version),
+        kind=tags.get(TAG_KIND, KIND_BASE),
+        source=tags.get(TAG_SOURCE, mv.source),
+        revision=tags.get(TAG_REVISION) or None,
+        base=tags.get(TAG_BASE) or None,
+        tags=tags,
+        aliases=tuple(sorted(aliases if aliases is not None else (mv.aliases or ()))),
+        description=mv.description or "",
+        created=created,
+        run_id=mv.run_id or None,
+    )
+
+
+def _registered_model(client: Any, name: str):
+    """The MLflow registered model `name`, or None. Prompts (same name space in MLflow) read as None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
+            return None
+        raise
+    if (model.tags or {}).get("mlflow.prompt.is_prompt") == "true":
+        return None
+    return model
+
+
+def _model_names(client: Any) -> list[str]:
+    return [m.name for m in client.search_registered_models(max_results=1000)
+            if (m.tags or {}).get("mlflow.prompt.is_prompt") != "true"]
+
+
+def _missing_model(client: Any, name: str) -> NotFoundError:
+    close = difflib.get_close_matches(name, _model_names(client), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return NotFoundError(f"model {name!r} not found in the registry{hint}; see `llmops models list`")
+
+
+def _aliases_of(model: Any) -> dict[str, int]:
+    aliases = model.aliases or {}
+    if isinstance(aliases, dict):
+        return {alias: int(version) for alias, version in aliases.items()}
+    return {a.alias: int(a.version) for a in aliases}
+
+
+def resolve_model_ref(ref: str | Ref) -> ModelVersion:
+    """Resolve `name`, `name@alias` or `name/VERSION` to the model version it names now.
+
+    Raises:
+        NotFoundError: no such model, alias or version (with what exists instead).
+    """
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_ref(ref) if isinstance(ref, str) else ref
+    client = configure()
+    model = _registered_model(client, parsed.name)
+    if model is None:
+        raise _missing_model(client, parsed.name)
+    aliases = _aliases_of(model)
+    versions = [int(v.version) for v in client.search_model_versions(f"name='{parsed.name}'")]
+    if parsed.alias is not None:
+        if parsed.alias not in aliases:
+            known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items())) or "none"
+            raise NotFoundError(f"model {parsed.name!r} has no alias {parsed.alias!r} (aliases: {known})")
+        number = aliases[parsed.alias]
+    elif parsed.version is not None:
+        number = parsed.version
+    else:
+        if not versions:
+            raise NotFoundError(f"model {parsed.name!r} has no versions yet")
+        number = max(versions)
+    if number not in versions:
+        latest = f"latest is {max(versions)}" if versions else "it has no versions"
+        raise NotFoundError(f"model {parsed.name!r} has no version {number} ({latest})")
+    try:
+        mv = client.get_model_version(parsed.name, str(number))
+    except MlflowException as error:  # deleted between the two reads
+        raise NotFoundError(f"{parsed}: {error.message}") from None
+    holding = tuple(a for a, v in aliases.items() if v == number)
+    return _to_model_version(mv, holding)
+
+
+def _ensure_registered_model(client: Any, name: str, description: str | None) -> bool:
+    """Create the registered model if needed; True when it was created by this call."""
+    from mlflow.exceptions import MlflowException
+
+    if _registered_model(client, name) is not None:
+        return False
+    try:
+        retry_locked(client.create_registered_model)(name, tags={"llmops.type": "model"}, description=description)
+    except MlflowException as error:
+        if "prompt" in str(error).lower():
+            raise RegistryError(f"{name!r} is already the name of a prompt; models and prompts share names") from None
+        raise
+    return True
+
+
+def _create_version(
+    name: str, source: str, tags: Mapping[str, str], description: str | None, run_id: str | None = None
+) -> ModelVersion:
+    """Create a version (and its registered model if new); undo the model if the version fails."""
+    client = configure()
+    created_model = _ensure_registered_model(client, name, description)
+    try:
+        mv = retry_locked(client.create_model_version)(
+            name, source=source, run_id=run_id, tags=dict(tags), description=description
+        )
+    except BaseException:
+        if created_model:
+            retry_locked(client.delete_registered_model)(name)
+        raise
+    return _to_model_version(mv, ())
+
+
+def _common_tags() -> dict[str, str]:
+    import llmops
+
+    return {TAG_VERSION: llmops.__version__}
+
+
+def register_base_model(
+    name: str, source: str | Path, revision: str | None = None, description: str | None = None
+) -> ModelVersion:
+    """Register a base model by local folder or hub id (+ revision); the weights are referenced, not copied.
+
+    Raises:
+        RegistryError: invalid name, a path that does not exist, or a source that is neither.
+    """
+    check_name(name, "model name")
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RegistryError(f"{path} is not a Hugging Face model folder (no config.json)")
+        resolved = str(path.resolve())
+        tags = {TAG_KIND: KIND_BASE, TAG_SOURCE: resolved, TAG_DIGEST: tree_digest(path)}
+    elif _HUB_ID.match(text) and not text.startswith((".", "~")):
+        resolved = text
+        tags = {TAG_KIND: KIND_BASE, TAG_SOURCE: text, TAG_DIGEST: f"hub:{text}@{revision or 'main'}"}
+    else:
+        raise RegistryError(f"{text!r} does not exist as a local folder and is not a hub id (org/name)")
+    if revision:
+        tags[TAG_REVISION] = revision
+    return _create_version(name, resolved, {**tags, **_common_tags()}, description)
+
+
+def register_adapter(
+    name: str,
+    adapter_dir: str | Path,
+    base: str,
+    tags: Mapping[str, str] | None = None,
+    alias: str | None = None,
+    run_id: str | None = None,
+    description: str | None = None,
+    kind: str = KIND_ADAPTER,
+    reason: str | None = None,
+) -> ModelVersion:
+    """Register LoRA adapter files (or merged weights, `kind="merged"`) as a new version of `name`.
+
+    The files are logged as artifacts of `run_id` (or of a new run in the `llmops-registry`
+    experiment). Lineage tags are added: base ref and digest, adapter digest, llmops version, plus `tags`.
+    When `alias` is given it is moved to the new version (and recorded).
+
+    Raises:
+        RegistryError / NotFoundError: invalid name, missing files, unknown base.
+    """
+    import mlflow
+
+    check_name(name, "model name")
+    if alias is not None:
+        check_alias(alias)
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir() or not any(adapter_dir.iterdir()):
+        raise RegistryError(f"adapter folder {adapter_dir} does not exist or is empty")
+    base_version = resolve_model_ref(base)
+    client = configure()
+    all_tags = {
+        TAG_KIND: kind,
+        TAG_BASE: base_version.ref,
+        TAG_BASE_DIGEST: base_version.digest or "",
+        TAG_DIGEST: tree_digest(adapter_dir),
+        **_common_tags(),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    own_run = run_id is None
+    if own_run:
+        run_id = retry_locked(client.create_run)(ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{name}").info.run_id
+    artifact_path = "adapter" if kind == KIND_ADAPTER else "model"
+    retry_locked(client.log_artifacts)(run_id, str(adapter_dir), artifact_path)
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    if own_run:
+        retry_locked(client.set_terminated)(run_id)
+    all_tags[TAG_SOURCE] = source
+    version = _create_version(name, source, all_tags, description, run_id=run_id)
+    if alias is not None:
+        try:
+            set_model_alias(name, alias, version.version, reason=reason or "registered")
+        except BaseException:
+            retry_locked(client.delete_model_version)(name, str(version.version))
+            raise
+        version = resolve_model_ref(version.ref)
+    return version
+
+
+def set_model_alias(
+    name: str,
+    alias: str,
+    version: int | str,
+    reason: str | None = None,
+    evidence: Mapping[str, Any] | None = None,
+) -> _events.AliasEvent:
+    """Point `alias` at `version` of model `name` (atomically) and record the move as an event.
+
+    Raises:
+        NotFoundError: the model or version does not exist (nothing is changed).
+        RegistryError: the alias is invalid.
+    """
+    check_alias(alias)
+    try:
+        number = int(version)
+    except (TypeError, ValueError):
+        raise RegistryError(f"version must be an integer, got {version!r}") from None
+    target = resolve_model_ref(Ref(check_name(name, "model name"), version=number))
+    client = configure()
+    previous = _aliases_of(client.get_registered_model(name)).get(alias)
+    event = _events.new_event(name, alias, previous, target.version, reason, evidence)
+    retry_locked(client.set_registered_model_alias)(name, alias, str(target.version))
+    try:
+        retry_locked(client.set_registered_model_tag)(name, *_events.event_tag(event))
+    except BaseException:
+        # No move without its record: put the alias back where it was.
+        if previous is None:
+            retry_locked(client.delete_registered_model_alias)(name, alias)
+        else:
+            retry_locked(client.set_registered_model_alias)(name, alias, str(previous))
+        raise
+    return event
+
+
+def alias_history(name: str) -> list[_events.AliasEvent]:
+    """Every recorded alias move of model `name`, oldest first.
+
+    Raises:
+        NotFoundError: no such model.
+    """
+    client = configure()
+    model = _registered_model(client, check_name(name, "model name"))
+    if model is None:
+        raise _missing_model(client, name)
+    return _events.events_from_tags(model.tags or {})
+
+
+def search_models(pattern: str | None = None) -> list[RegisteredModelSummary]:
+    """Registered models (not prompts) whose name contains `pattern`, sorted by name."""
+    client = configure()
+    summaries = []
+    for model in client.search_registered_models(max_results=1000, order_by=["name ASC"]):
+        if (model.tags or {}).get("mlflow.prompt.is_prompt") == "true":
+            continue
+        if pattern and pattern not in model.name:
+            continue
+        versions = client.search_model_versions(f"name='{model.name}'")
+        latest = max(versions, key=lambda v: int(v.version), default=None)
+        summaries.append(
+            RegisteredModelSummary(
+                name=model.name,
+                latest_version=int(latest.version) if latest else None,
+                kind=(latest.tags or {}).get(TAG_KIND) if latest else None,
+                aliases=_aliases_of(model),
+                description=model.description or "",
+            )
+        )
+    return summaries
