@@ -240,7 +240,27 @@ SCHEMAS: dict[str, str] = {
 """Config kinds that `llmops validate` knows, each a lazy `module:Class` target."""
 
 # folder name or file-name prefix -> kind, used when a file has no `kind:` key
-_KIND_BY_LOCATION = {"finetune": "finetune", "evals": "suite", "gateway": "gateway", "monitor": "monitor"}
+_KIND_BY_LOCATION = {
+    "finetune": "finetune",
+    "evals": "suite",
+    "gateway": "gateway",
+    "monitor": "monitor",
+    "accelerate": "accelerate",
+}
+
+
+def _validate_accelerate_config(path: Path, data: dict[str, Any]) -> Any:
+    """accelerate's own launch configs (configs/accelerate/): checked by accelerate's loader."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    try:
+        return ClusterConfig.from_yaml_file(str(path))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: invalid accelerate config: {error}") from None
+
+
+# Kinds whose files belong to another tool, checked with that tool's own loader.
+_FOREIGN_VALIDATORS = {"accelerate": _validate_accelerate_config}
 
 
 def detect_kind(path: Path, data: dict[str, Any]) -> str:
@@ -258,9 +278,10 @@ def detect_kind(path: Path, data: dict[str, Any]) -> str:
             f"{path}: cannot tell what kind of config this is; add a top-level `kind:` "
             f"({', '.join(sorted(SCHEMAS))})"
         )
-    if kind not in SCHEMAS:
-        close = difflib.get_close_matches(str(kind), list(SCHEMAS), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(sorted(SCHEMAS))})"
+    if kind not in SCHEMAS and kind not in _FOREIGN_VALIDATORS:
+        known = sorted([*SCHEMAS, *_FOREIGN_VALIDATORS])
+        close = difflib.get_close_matches(str(kind), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
         raise ConfigError(f"{path}: kind: unknown config kind {kind!r}{hint}")
     return kind
 
@@ -275,7 +296,7 @@ def schema_for(kind: str) -> type[ConfigModel]:
     return getattr(module, attr)
 
 
-def validate_file(path: str | Path) -> tuple[str, ConfigModel]:
+def validate_file(path: str | Path) -> tuple[str, Any]:
     """Validate one config file of any known kind; returns (kind, config).
 
     Raises:
@@ -284,6 +305,8 @@ def validate_file(path: str | Path) -> tuple[str, ConfigModel]:
     path = Path(path)
     data = load_yaml(path)
     kind = detect_kind(path, data)
+    if kind in _FOREIGN_VALIDATORS:
+        return kind, _FOREIGN_VALIDATORS[kind](path, data)
     schema = schema_for(kind)
     if "kind" not in schema.model_fields:
         data.pop("kind", None)
