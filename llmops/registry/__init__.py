@@ -14,6 +14,7 @@ from llmops.registry.models import (
     resolve_model_ref,
     search_models,
     set_model_alias,
+    tag_model_version,
 )
 from llmops.registry.prompts import (
     Prompt,
@@ -48,5 +49,6 @@ __all__ = [
     "search_prompts",
     "set_model_alias",
     "set_prompt_alias",
+    "tag_model_version",
     "to_langchain",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "set_model_alias",
     "alias_history",
     "search_models",
+    "tag_model_version",
     "KIND_BASE",
     "KIND_ADAPTER",
     "KIND_MERGED",
@@ -356,6 +357,19 @@ def set_model_alias(
             retry_locked(client.set_registered_model_alias)(name, alias, str(previous))
         raise
     return event
+
+
+def tag_model_version(ref: str, tags: Mapping[str, Any]) -> ModelVersion:
+    """Set tags on a model version (evaluation evidence, for example); returns the updated version.
+
+    Raises:
+        NotFoundError: the ref names no version.
+    """
+    version = resolve_model_ref(ref)
+    client = configure()
+    for key, value in tags.items():
+        retry_locked(client.set_model_version_tag)(version.name, str(version.version), key, str(value)[:4800])
+    return resolve_model_ref(version.ref)
 
 
 def alias_history(name: str) -> list[_events.AliasEvent]:

@@ -1,0 +1,316 @@
+"""Run a suite against one model ref: render, generate (bounded concurrency, cached), score.
+
+    result = run_suite(load_suite("evals/quickstart.yaml"), model="quickstart@candidate")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from llmops.config import load_config
+from llmops.evaluation.cache import ResponseCache, cache_key
+from llmops.evaluation.generators import OpenAIGenerator
+from llmops.evaluation.scorers import EvalError, Sample, Scorer, build_scorer
+from llmops.evaluation.suite import PromptSpec, SuiteConfig
+from llmops.registry.digest import json_digest
+
+__all__ = ["ItemResult", "ScorerSummary", "EvalResult", "load_suite", "load_items", "run_suite", "run_suite_async"]
+
+
+@dataclass
+class ItemResult:
+    """One item: its hashes, answers (one per repeat) and per-scorer scores averaged over repeats."""
+
+    item_id: str
+    item_hash: str
+    prompt_hash: str
+    row: dict[str, Any]
+    answers: list[str]
+    scores: dict[str, Optional[float]]
+    slices: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+
+@dataclass
+class ScorerSummary:
+    """Aggregate of one scorer over the measured items."""
+
+    name: str
+    mean: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    measured: int
+    unmeasured: int
+    p50: Optional[float] = None
+    p95: Optional[float] = None
+
+    @property
+    def unmeasured_rate(self) -> float:
+        total = self.measured + self.unmeasured
+        return self.unmeasured / total if total else 0.0
+
+
+@dataclass
+class EvalResult:
+    """The outcome of one suite run on one model."""
+
+    suite: str
+    suite_version: str
+    model_ref: str
+    model_version: Optional[str]
+    prompt_ref: Optional[str]
+    items: list[ItemResult]
+    summaries: dict[str, ScorerSummary]
+    slices: dict[str, dict[str, dict[str, Optional[float]]]]
+    generated: int
+    cached: int
+    seconds: float
+
+    def scores(self, scorer: str) -> dict[str, Optional[float]]:
+        """item_id -> score for one scorer."""
+        return {item.item_id: item.scores.get(scorer) for item in self.items}
+
+    def summary_dict(self) -> dict[str, Any]:
+        """The JSON-ready summary (summary.json)."""
+        return {
+            "suite": self.suite,
+            "suite_version": self.suite_version,
+            "model": self.model_ref,
+            "model_version": self.model_version,
+            "prompt_version": self.prompt_ref,
+            "items": len(self.items),
+            "generated": self.generated,
+            "cached": self.cached,
+            "seconds": round(self.seconds, 3),
+            "scorers": {
+                k: {**{f: getattr(s, f) for f in ("mean", "ci_low", "ci_high", "measured", "unmeasured", "p50", "p95")},
+                    "unmeasured_rate": s.unmeasured_rate}
+                for k, s in self.summaries.items()
+            },
+            "slices": self.slices,
+        }
+
+
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SuiteConfig:
+    """Load and validate a suite file (raises ConfigError with every problem)."""
+    return load_config(path, SuiteConfig, overrides)
+
+
+def load_items(suite: SuiteConfig) -> list[dict[str, Any]]:
+    """The suite's rows. Raises EvalError for a missing file, a bad line or an empty dataset."""
+    if suite.items is not None:
+        rows = list(suite.items)
+    else:
+        path = suite.dataset
+        if not path.is_file():
+            raise EvalError(f"suite {suite.name!r}: dataset file {path} not found")
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise EvalError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise EvalError(f"{path}:{number}: each line must be a JSON object")
+            rows.append(row)
+    if not rows:
+        raise EvalError(f"suite {suite.name!r}: the dataset has no items")
+    return rows
+
+
+@dataclass
+class _Prepared:
+    item_id: str
+    item_hash: str
+    messages: list[dict[str, str]]
+    prompt_text: str
+    prompt_hash: str
+    row: dict[str, Any]
+
+
+def _prepare(suite: SuiteConfig, rows: list[dict[str, Any]], scorers: list[Scorer]) -> tuple[list[_Prepared], Optional[str]]:
+    """Render every prompt and check every row against every scorer before anything is generated."""
+    from llmops.registry.prompts import render_template
+
+    prompt_ref = None
+    if isinstance(suite.prompt, str):
+        from llmops.registry import get_prompt
+
+        prompt = get_prompt(suite.prompt)
+        template, prompt_ref = prompt.template, prompt.ref
+    else:
+        spec: PromptSpec = suite.prompt
+        template = spec.template if spec.template is not None else spec.messages
+    from llmops.registry.prompts import template_variables
+
+    variables = template_variables(template)
+    prepared, seen = [], set()
+    for index, row in enumerate(rows):
+        where = f"item {index + 1}"
+        missing = [v for v in variables if v not in row]
+        if missing:
+            raise EvalError(f"{where}: the prompt needs field(s) {', '.join(missing)} (row fields: {', '.join(sorted(row))})")
+        for scorer in scorers:
+            try:
+                scorer.check_row(row)
+            except EvalError as error:
+                raise EvalError(f"{where}: {error}") from None
+        rendered = render_template(template, {v: row[v] for v in variables}, where=prompt_ref or "suite prompt")
+        messages = [{"role": "user", "content": rendered}] if isinstance(rendered, str) else rendered
+        item_hash = json_digest(row)[7:23]
+        item_id = str(row[suite.id_field]) if suite.id_field and suite.id_field in row else item_hash
+        if item_id in seen:
+            raise EvalError(f"{where}: duplicate item id {item_id!r}")
+        seen.add(item_id)
+        text = json.dumps(messages, ensure_ascii=False)
+        prepared.append(_Prepared(item_id, item_hash, messages, text, json_digest(messages)[7:23], row))
+    return prepared, prompt_ref
+
+
+def _model_identity(model: str) -> tuple[dict[str, Any], Optional[str]]:
+    """What the cache keys on for a model ref: the resolved version and its digests."""
+    from llmops.errors import NotFoundError
+    from llmops.registry import resolve_model_ref
+
+    try:
+        version = resolve_model_ref(model)
+    except NotFoundError:
+        return {"ref": model, "unresolved": True}, None
+    return {"ref": version.ref, "digest": version.digest, "base_digest": version.tags.get("llmops.base_digest")}, version.ref
+
+
+def _summarise(name: str, values: list[Optional[float]], quality: bool) -> ScorerSummary:
+    measured = np.array([v for v in values if v is not None], dtype=float)
+    unmeasured = len(values) - len(measured)
+    if len(measured) == 0:
+        return ScorerSummary(name, None, None, None, 0, unmeasured)
+    mean = float(measured.mean())
+    rng = np.random.default_rng(0)
+    boot = measured[rng.integers(0, len(measured), size=(2000, len(measured)))].mean(axis=1) if len(measured) > 1 else np.array([mean])
+    low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
+    p50, p95 = (float(x) for x in np.quantile(measured, [0.5, 0.95]))
+    return ScorerSummary(name, mean, low, high, len(measured), unmeasured, p50, p95)
+
+
+async def run_suite_async(
+    suite: SuiteConfig,
+    generator: OpenAIGenerator,
+    model: Optional[str] = None,
+    use_cache: bool = True,
+    cache: Optional[ResponseCache] = None,
+    progress: bool = True,
+    judge_generator: Optional[OpenAIGenerator] = None,
+) -> EvalResult:
+    """Run `suite` on `model` (default: the suite's) through `generator`.
+
+    Raises:
+        EvalError: bad data or scorer set-up, found before any request is sent.
+    """
+    model = model or suite.model
+    if not model:
+        raise EvalError(f"suite {suite.name!r} names no model: pass --model REF")
+    judge_source = judge_generator or generator
+
+    async def judge(judge_model: str, prompt: str) -> str:
+        generation = await judge_source.chat(judge_model, [{"role": "user", "content": prompt}], {"max_tokens": 128, "temperature": 0})
+        return generation.text
+
+    scorers = [build_scorer(config, judge) for config in suite.scorers]
+    prepared, prompt_ref = _prepare(suite, load_items(suite), scorers)
+    identity, model_version = _model_identity(model)
+    params = suite.params.model_dump(exclude_none=True)
+    cacheable = use_cache and not identity.get("unresolved")
+    cache = cache or (ResponseCache() if cacheable else None)
+    semaphore = asyncio.Semaphore(suite.concurrency)
+    counts = {"generated": 0, "cached": 0}
+    start = time.perf_counter()
+
+    async def one(item: _Prepared, repeat: int) -> Sample:
+        key = cache_key(model=identity, prompt=prompt_ref, messages=item.prompt_hash, params=params, repeat=repeat,
+                        suite_version=str(suite.version))
+        hit = cache.get(key) if cacheable else None
+        if hit is None:
+            async with semaphore:
+                try:
+                    generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat})
+                except Exception as error:  # the client's errors carry the gateway's message
+                    raise EvalError(f"generating with {model!r} failed: {_client_error(error)}") from error
+            hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens}
+            counts["generated"] += 1
+            if cacheable:
+                cache.put(key, hit)
+        else:
+            counts["cached"] += 1
+        return Sample(item.row, item.prompt_text, hit["text"], hit["latency_s"], hit["output_tokens"])
+
+    tasks = [(item, repeat) for item in prepared for repeat in range(suite.repeats)]
+    samples = await _gather_with_progress([one(i, r) for i, r in tasks], f"{suite.name} on {model}", progress)
+    items = []
+    for index, item in enumerate(prepared):
+        repeats = samples[index * suite.repeats:(index + 1) * suite.repeats]
+        scores: dict[str, Optional[float]] = {}
+        for scorer in scorers:
+            values = [v for v in [await scorer.score(s) for s in repeats] if v is not None]
+            scores[scorer.key] = float(np.mean(values)) if values else None
+        items.append(ItemResult(item.item_id, item.item_hash, item.prompt_hash, item.row, [s.answer for s in repeats],
+                                scores, {k: item.row.get(k) for k in suite.slices}))
+    summaries = {s.key: _summarise(s.key, [i.scores[s.key] for i in items], s.is_quality) for s in scorers}
+    slices = {
+        field_name: {
+            str(value): {s.key: _summarise(s.key, [i.scores[s.key] for i in items if i.slices.get(field_name) == value], s.is_quality).mean
+                         for s in scorers}
+            for value in sorted({i.slices.get(field_name) for i in items}, key=str)
+        }
+        for field_name in suite.slices
+    }
+    if cache is not None:
+        cache.close()
+    return EvalResult(suite.name, str(suite.version), model, model_version, prompt_ref, items, summaries, slices,
+                      counts["generated"], counts["cached"], time.perf_counter() - start)
+
+
+def _client_error(error: Exception) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return f"{getattr(error, 'status_code', '')} {body['error'].get('message')}".strip()
+    return str(error) or type(error).__name__
+
+
+async def _gather_with_progress(coroutines: list, description: str, progress: bool) -> list:
+    if not progress:
+        return list(await asyncio.gather(*coroutines))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(description, total=len(coroutines))
+
+        async def tick(coroutine):
+            result = await coroutine
+            bar.advance(task)
+            return result
+
+        return list(await asyncio.gather(*(tick(c) for c in coroutines)))
+
+
+def run_suite(suite: SuiteConfig, model: Optional[str] = None, gateway: Optional[str] = None,
+              gateway_config: Optional[str] = None, use_cache: bool = True, progress: bool = True) -> EvalResult:
+    """Synchronous wrapper: through `gateway` (a URL) if given, else the gateway code in-process."""
+    from llmops.evaluation.generators import gateway_generator, in_process_generator
+
+    async def main() -> EvalResult:
+        generator = gateway_generator(gateway) if gateway else await in_process_generator(gateway_config)
+        try:
+            return await run_suite_async(suite, generator, model, use_cache=use_cache, progress=progress)
+        finally:
+            await generator.aclose()
+
+    return asyncio.run(main())
