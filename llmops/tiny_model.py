@@ -7,6 +7,10 @@ from the package and a seed, so CI, laptops and air-gapped machines all get the 
 
 The model knows nothing (its weights are random); it is sized so that a LoRA fine-tune on 2 CPU cores
 teaches it the quickstart task (the 100 capitals in `llmops/data/capitals.jsonl`) in about a minute.
+Measured recipe (seeds 0, 1, 2; torch pinned to 1 thread, which is much faster than 2 on a shared
+2-core box): LoRA r=16, alpha=32, dropout 0, all linear layers (q,k,v,o,gate,up,down), AdamW lr 5e-3,
+linear decay with 5% warm-up, batch 16, 60 epochs (420 steps), loss on the assistant tokens only:
+exact match 0% -> 100% in 10-25 s of training. Attention-only LoRA reaches just 65-83%.
 
 Chat format (one turn per message, the assistant turn closed by `<|end|>`)::
 
@@ -49,29 +53,31 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # Order fixes the ids: <pad>=0, <s>=1, </s>=2, <|system|>=3, <|user|>=4, <|assistant|>=5, <|end|>=6.
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, *ROLE_TOKENS, END_OF_TURN_TOKEN)
 
-# Every newline is written as an expression, not template text: transformers renders chat templates
-# with trim_blocks/lstrip_blocks, which would silently eat a newline that follows a block tag.
+# Every newline of the output is written as an expression ('\n'), and the layout of the template itself
+# is stripped by `{%-`/`{{-`: transformers renders with trim_blocks/lstrip_blocks, so literal newlines
+# next to block tags would be dropped or kept depending on where they sit.
 # The assistant content *and* its `<|end|>` sit inside {% generation %} so that
 # `return_assistant_tokens_mask=True` marks exactly the tokens the model must learn to produce,
 # including the stop token (without it a fine-tuned model would never learn to stop).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|assistant|>\\n' }}"
-    "{% generation %}{{ message['content'] }}{{ '<|end|>' }}{% endgeneration %}"
-    "{{ '\\n' }}"
-    "{%- elif message['role'] == 'system' or message['role'] == 'user' -%}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{%- else -%}"
-    "{{ raise_exception('unsupported chat role ' ~ message['role'] ~ '; use system, user or assistant') }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}{%- endif -%}"
-)
+CHAT_TEMPLATE = r"""{{- bos_token }}
+{%- for message in messages %}
+    {%- if message['role'] == 'assistant' %}
+        {{- '<|assistant|>\n' }}
+        {%- generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}
+        {{- '\n' }}
+    {%- elif message['role'] == 'system' or message['role'] == 'user' %}
+        {{- '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}
+    {%- else %}
+        {{- raise_exception('unsupported chat role ' ~ message['role'] ~ '; use system, user or assistant') }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|assistant|>\n' }}
+{%- endif %}
+"""
 
-# Sizes found by measuring a LoRA fine-tune on the capitals (see the module docstring): small enough to
-# build in about a second and train in about a minute on 2 CPU cores, big enough to learn 100 facts.
+# Sizes found by measuring the LoRA fine-tune in the module docstring: the build itself takes ~0.2 s
+# (plus the torch/transformers imports) and the fine-tune well under a minute, and 100 facts fit.
 _VOCAB_SIZE = 1024
 _MODEL_KWARGS = dict(
     hidden_size=64,
@@ -138,7 +144,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
     if path.exists() and not path.is_dir():
         raise LlmopsError(f"{path} exists and is not a directory; choose another path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise LlmopsError(f"{path} already exists and is not empty; pass overwrite=True (--force)")
+        raise LlmopsError(f"{path} already exists and is not empty; pass --force (overwrite=True) to replace it")
 
 
 def create_tiny_model(path: str | Path, seed: int = 0, overwrite: bool = False) -> Path:
@@ -210,6 +216,9 @@ def create_tiny_model(path: str | Path, seed: int = 0, overwrite: bool = False) 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private (0700); the model directory is meant to be shared
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a one-shard "Writing model shards" bar is noise here
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         if path.exists():
