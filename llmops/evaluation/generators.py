@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["Generation", "OpenAIGenerator", "gateway_generator", "in_process_generator"]
+__all__ = ["Generation", "OpenAIGenerator", "LazyGenerator", "gateway_generator", "in_process_generator"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,34 @@ class OpenAIGenerator:
             await self._closer.aclose()
 
 
+class LazyGenerator:
+    """Creates the real generator on the first request, so a fully cached run starts no engine."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._generator: Optional[OpenAIGenerator] = None
+        self._lock = None
+
+    @property
+    def calls(self) -> int:
+        """Requests sent so far (0 when nothing was generated)."""
+        return self._generator.calls if self._generator else 0
+
+    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Generation:
+        import asyncio
+
+        if self._generator is None:
+            self._lock = self._lock or asyncio.Lock()
+            async with self._lock:
+                if self._generator is None:
+                    self._generator = await self._factory()
+        return await self._generator.chat(model, messages, params)
+
+    async def aclose(self) -> None:
+        if self._generator is not None:
+            await self._generator.aclose()
+
+
 def gateway_generator(base_url: str, api_key: Optional[str] = None, timeout: float = 120.0) -> OpenAIGenerator:
     """A generator that calls a running gateway (or any OpenAI-compatible server) at `base_url`."""
     import os
@@ -75,12 +103,15 @@ async def in_process_generator(config_path: Optional[str] = None) -> OpenAIGener
     """
     import httpx
 
+    from llmops.config import load_config
     from llmops.extras import require
     from llmops.gateway.app import create_app
-    from llmops.gateway.config import load_gateway_config
+    from llmops.gateway.config import GatewayConfig
 
     openai = require("openai", "in-process evaluation")
-    app = create_app(load_gateway_config(config_path))
+    # Evaluation traffic is recorded as eval runs, not as gateway traces (unless a config asks for them).
+    config = load_config(config_path, GatewayConfig) if config_path else GatewayConfig(tracing={"enabled": False})
+    app = create_app(config)
     stack = contextlib.AsyncExitStack()
     # httpx's ASGI transport does not run the app's lifespan; enter it ourselves so engines start and stop.
     await stack.enter_async_context(app.router.lifespan_context(app))

@@ -16,7 +16,7 @@ import numpy as np
 
 from llmops.config import load_config
 from llmops.evaluation.cache import ResponseCache, cache_key
-from llmops.evaluation.generators import OpenAIGenerator
+from llmops.evaluation.generators import LazyGenerator, OpenAIGenerator
 from llmops.evaluation.scorers import EvalError, Sample, Scorer, build_scorer
 from llmops.evaluation.suite import PromptSpec, SuiteConfig
 from llmops.registry.digest import json_digest
@@ -203,7 +203,7 @@ def _summarise(name: str, values: list[Optional[float]], quality: bool) -> Score
 
 async def run_suite_async(
     suite: SuiteConfig,
-    generator: OpenAIGenerator,
+    generator: "OpenAIGenerator | LazyGenerator",
     model: Optional[str] = None,
     use_cache: bool = True,
     cache: Optional[ResponseCache] = None,
@@ -279,9 +279,12 @@ async def run_suite_async(
 
 
 def _client_error(error: Exception) -> str:
+    # openai's APIStatusError keeps the `error` object of OpenAI's error shape as `body`.
     body = getattr(error, "body", None)
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return f"{getattr(error, 'status_code', '')} {body['error'].get('message')}".strip()
+        body = body["error"]
+    if isinstance(body, dict) and body.get("message"):
+        return f"{getattr(error, 'status_code', '')} {body['message']}".strip()
     return str(error) or type(error).__name__
 
 
@@ -304,10 +307,10 @@ async def _gather_with_progress(coroutines: list, description: str, progress: bo
 def run_suite(suite: SuiteConfig, model: Optional[str] = None, gateway: Optional[str] = None,
               gateway_config: Optional[str] = None, use_cache: bool = True, progress: bool = True) -> EvalResult:
     """Synchronous wrapper: through `gateway` (a URL) if given, else the gateway code in-process."""
-    from llmops.evaluation.generators import gateway_generator, in_process_generator
+    from llmops.evaluation.generators import LazyGenerator, gateway_generator, in_process_generator
 
     async def main() -> EvalResult:
-        generator = gateway_generator(gateway) if gateway else await in_process_generator(gateway_config)
+        generator = gateway_generator(gateway) if gateway else LazyGenerator(lambda: in_process_generator(gateway_config))
         try:
             return await run_suite_async(suite, generator, model, use_cache=use_cache, progress=progress)
         finally:
