@@ -33,6 +33,23 @@ def _finish(kind: str, summary: dict, plots: list[str], reference: Path, current
         raise typer.Exit(1)
 
 
+def _run_reporting_warnings(fn, *args, **kwargs):
+    """Call a drift test, showing its DriftWarnings (e.g. NaN rows dropped) as `warning: ...` lines."""
+    import warnings
+
+    from llmops.drift import DriftWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DriftWarning)
+        result = fn(*args, **kwargs)
+    for warning in caught:
+        if issubclass(warning.category, DriftWarning):
+            typer.echo(f"warning: {warning.message}", err=True)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return result
+
+
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -71,7 +88,7 @@ def embeddings(
         sigma = bandwidth if bandwidth == "median" else float(bandwidth)
     except ValueError:
         raise DriftInputError(f"--bandwidth must be a number or 'median', got {bandwidth!r}") from None
-    result = mmd_test(ref, cur, permutations=permutations, bandwidth=sigma, backend=backend, seed=seed, alpha=alpha)
+    result = _run_reporting_warnings(mmd_test, ref, cur, permutations=permutations, bandwidth=sigma, backend=backend, seed=seed, alpha=alpha)
     summary = result.to_dict()
     _table("Embedding drift (MMD² permutation test)", [
         ("MMD² (unbiased)", f"{result.mmd2:.6g}"), ("p-value", f"{result.p_value:.4g}"),
@@ -114,7 +131,7 @@ def tokens(
         raise DriftInputError("give --vocab-size or --tokenizer so the vocabulary size is known")
     ref_docs = load_token_documents(reference, tokenizer=tok, text_field=text_field)
     cur_docs = load_token_documents(current, tokenizer=tok, text_field=text_field)
-    result = token_drift(ref_docs, cur_docs, size, tokenizer=tok, top_k=top_k, permutations=permutations,
+    result = _run_reporting_warnings(token_drift, ref_docs, cur_docs, size, tokenizer=tok, top_k=top_k, permutations=permutations,
                          alpha=alpha, js_threshold=js_threshold, backend=backend, seed=seed)
     rows = [("Jensen-Shannon (bits)", f"{result.js_divergence:.4g}"),
             ("JS permutation p-value", "n/a" if result.js_p_value is None else f"{result.js_p_value:.4g}"),

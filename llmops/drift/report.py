@@ -53,8 +53,10 @@ def null_plot(null: np.ndarray, observed: float, label: str) -> str:
     bars = "".join(f'<rect x="{xs[i]:.1f}" y="{ys[i]:.1f}" width="{max(xs[i + 1] - xs[i] - 1, 1):.1f}" '
                    f'height="{_H - _PAD - ys[i]:.1f}" fill="#9ecae1"/>' for i in range(len(counts)))
     x_obs = float(_scale([observed], edges[0], edges[-1], _PAD, _W - _PAD)[0])
+    right = x_obs > _W / 2  # keep the label inside the picture
     body = (bars + f'<line x1="{x_obs:.1f}" x2="{x_obs:.1f}" y1="{_PAD - 10}" y2="{_H - _PAD}" stroke="{_CUR}" stroke-width="2"/>'
-            f'<text x="{x_obs + 4:.1f}" y="{_PAD - 12}" fill="{_CUR}">observed {observed:.4g}</text>'
+            f'<text x="{x_obs + (-4 if right else 4):.1f}" y="{_PAD - 12}" fill="{_CUR}" text-anchor="{"end" if right else "start"}">'
+            f'observed {observed:.4g}</text>'
             f'<text x="{_PAD}" y="{_H - 10}">{lo:.3g}</text><text x="{_W - _PAD}" y="{_H - 10}" text-anchor="end">{hi:.3g}</text>')
     return _svg(body, f"Permutation null distribution of {label} ({null.size} permutations) and the observed value")
 
@@ -87,10 +89,10 @@ def token_bar_plot(over: list[dict], under: list[dict]) -> str:
         y = _PAD + 18 * i
         width = abs(diff) / limit * (mid - 130)
         x = mid if diff >= 0 else mid - width
-        name = row["text"] if row.get("text") is not None else f"id {row['id']}"
+        name = repr(row["text"]) if row.get("text") is not None else f"id {row['id']}"
         bars.append(f'<rect x="{x:.1f}" y="{y}" width="{width:.1f}" height="14" fill="{_CUR if diff > 0 else _REF}"/>'
                     f'<text x="{8 if diff >= 0 else _W - 8}" y="{y + 11}" text-anchor="{"start" if diff >= 0 else "end"}">'
-                    f'{html.escape(repr(name))} {diff:+.3%}</text>')
+                    f'{html.escape(name)} {diff:+.3%}</text>')
     body = "".join(bars) + f'<line x1="{mid}" x2="{mid}" y1="{_PAD - 4}" y2="{height - _PAD}" stroke="#555"/>'
     svg = _svg(body, "Top drifting tokens: share in current minus share in reference")
     return svg.replace(f'height="{_H}" viewBox="0 0 {_W} {_H}"', f'height="{height}" viewBox="0 0 {_W} {height}"').replace(

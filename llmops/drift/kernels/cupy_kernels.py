@@ -1,9 +1,10 @@
 """CuPy kernels: tiled MMD permutation sums and shared-memory token histograms on the GPU.
 
-MMD: for each tile pair I <= J (symmetry halves the work) one cuBLAS GEMM gives the Gram tile,
-one custom elementwise kernel turns it into kernel values in float16 (distance, exp and the
-diagonal mask fused: the tile is read once, written at half width), and one tensor-core GEMM
-(float16 inputs, float32 accumulation) multiplies it by all permutation label columns at once.
+MMD (schedule in `tiles.py`): for each tile pair I <= J (symmetry halves the work) one cuBLAS
+TF32 GEMM gives the Gram tile; one custom elementwise kernel turns it into kernel values in
+float16 (distance, exp and the diagonal mask fused: the tile is read once, written at half width);
+one tensor-core GEMM (float16 inputs, float32 accumulation) multiplies it by all permutation label
+columns at once, accumulating in place across the row block; one GEMV gives its column sums.
 Rows that are not on the device (NumPy input larger than GPU memory) are streamed tile by tile.
 
 Histograms: each block keeps a private histogram of one vocabulary slice in shared memory
@@ -19,11 +20,12 @@ import contextlib
 
 import numpy as np
 
+from llmops.drift.kernels.tiles import labels_from_keys, tiled_permutation_sums
 from llmops.extras import require
 
 cp = require("cupy", "the GPU drift backend")
 
-__all__ = ["rbf_permutation_sums", "permutation_labels", "token_histogram", "TILE"]
+__all__ = ["CupyTileOps", "rbf_permutation_sums", "permutation_labels", "token_histogram", "TILE"]
 
 TILE = 8192  # rows per tile: a float32 Gram tile is 256 MiB, big enough to keep the GPU saturated
 
@@ -35,10 +37,13 @@ _rbf_tile_f16 = cp.ElementwiseKernel(
     "float32 g, raw float32 h_row, raw float32 h_col, int64 cols, int64 row0, int64 col0",
     "float16 k",
     """
-    const long long row = i / cols, col = i % cols;
+    // 32-bit index arithmetic (a tile has < 2^31 entries): 64-bit division is slow on GPUs
+    const unsigned int flat = (unsigned int)i, width = (unsigned int)cols;
+    const unsigned int row = flat / width, col = flat - row * width;
     // exponent = -|z_r - z_c|²/2 in bandwidth units; rounding can make it slightly positive
     float e = fminf(g - h_row[row] - h_col[col], 0.0f);
-    k = (row0 + row == col0 + col) ? (float16)0.0f : (float16)__expf(e);
+    const float v = (row0 + row == col0 + col) ? 0.0f : __expf(e);  // the diagonal is excluded exactly
+    k = v;
     """,
     "llmops_rbf_tile_f16",
 )
@@ -105,51 +110,84 @@ def token_histogram(ids, vocab_size: int):
 
 def permutation_labels(n: int, m: int, permutations: int, *, seed: int = 0):
     """(n + m, 1 + permutations) float16 0/1 labels drawn on the device; column 0 is the observed split."""
-    total = n + m
-    keys = cp.random.default_rng(seed).random((permutations, total), dtype=cp.float32)
-    chosen = cp.argsort(keys, axis=1)[:, :n]  # the first n of a uniform random order
-    labels = cp.zeros((permutations, total), cp.float16)
-    labels[cp.arange(permutations)[:, None], chosen] = 1
-    observed = cp.zeros((1, total), cp.float16)
+    uniform = cp.random.default_rng(seed).random((permutations, n + m), dtype=cp.float64)
+    labels = labels_from_keys(uniform, n)
+    del uniform
+    observed = cp.zeros((1, n + m), cp.float16)
     observed[0, :n] = 1
     return cp.ascontiguousarray(cp.concatenate([observed, labels]).T)
 
 
-def _gemm_f16_f32(a, b, out) -> None:
-    """out = a @ b for C-contiguous float16 a, b and float32 out, accumulating in float32."""
+def _gemm_f16_f32(a, b, out, alpha: float = 1.0, beta: float = 0.0) -> None:
+    """out = alpha * a @ b + beta * out for C-contiguous float16 a, b and float32 out (float32 sums)."""
     from cupy.cuda import cublas
 
     rows, inner = a.shape
     cols = b.shape[1]
-    one, zero = np.array(1.0, np.float32), np.array(0.0, np.float32)
+    one, zero = np.array(alpha, np.float32), np.array(beta, np.float32)
     handle = cp.cuda.device.get_cublas_handle()
-    # Row-major out = a @ b is column-major outᵀ = bᵀ @ aᵀ: pass b first, no transposes.
-    cublas.gemmEx(
-        handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, cols, rows, inner,
-        one.ctypes.data, b.data.ptr, _CUDA_R_16F, cols, a.data.ptr, _CUDA_R_16F, inner,
-        zero.ctypes.data, out.data.ptr, _CUDA_R_32F, cols, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT,
-    )
-
-
-@contextlib.contextmanager
-def _tf32_gram():
-    """Let float32 GEMMs use TF32 tensor cores for the Gram tiles, restoring CuPy's setting after.
-
-    The permutation test stays exact under this rounding: every permutation sees the same kernel
-    matrix; only the reported MMD² moves, by about 1e-4 relative (checked against the twin).
-    """
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)  # alpha and beta live on the host
     try:
-        from cupy._core import _routines_linalg as linalg
-
-        previous = linalg.get_compute_type(np.float32)
-        linalg.set_compute_type(np.float32, 7)  # COMPUTE_TYPE_TF32
-    except (ImportError, AttributeError):  # a CuPy without the switch computes in plain float32
-        yield
-        return
-    try:
-        yield
+        # Row-major out = a @ b is column-major outᵀ = bᵀ @ aᵀ: pass b first, no transposes.
+        cublas.gemmEx(
+            handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, cols, rows, inner,
+            one.ctypes.data, b.data.ptr, _CUDA_R_16F, cols, a.data.ptr, _CUDA_R_16F, inner,
+            zero.ctypes.data, out.data.ptr, _CUDA_R_32F, cols, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT,
+        )
     finally:
-        linalg.set_compute_type(np.float32, previous)
+        cublas.setPointerMode(handle, mode)
+
+
+class CupyTileOps:
+    """The per-tile steps of `tiles.tiled_permutation_sums` on the GPU."""
+
+    xp = cp
+
+    def to_device(self, rows):
+        return cp.asarray(rows, dtype=cp.float32)
+
+    @contextlib.contextmanager
+    def gram_precision(self):
+        """Let float32 GEMMs use TF32 tensor cores for the Gram tiles, restoring CuPy's setting after.
+
+        The permutation test stays exact under this rounding: every permutation sees the same kernel
+        matrix; only the reported MMD² moves (tests/gpu bounds it against the NumPy twin).
+        """
+        try:
+            from cupy._core import _routines_linalg as linalg
+
+            previous = linalg.get_compute_type(np.float32)
+            linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)
+        except (ImportError, AttributeError):  # a CuPy without the switch computes in plain float32
+            yield
+            return
+        try:
+            yield
+        finally:
+            linalg.set_compute_type(np.float32, previous)
+
+    def gram(self, a, b, out) -> None:
+        cp.matmul(a, b.T, out=out)
+
+    def rbf_tile(self, g, h_row, h_col, row0: int, col0: int, out) -> None:
+        _rbf_tile_f16(g, h_row, h_col, g.shape[1], row0, col0, out)
+
+    def gemm(self, k, w, out, alpha: float, beta: float) -> None:
+        _gemm_f16_f32(k, w, out, alpha, beta)
+
+    def colsum(self, k):
+        # ones @ k through cuBLAS: a GEMV that streams the tile once, instead of a strided
+        # axis-0 reduction over a row-major tile.
+        ones = self._ones(k.shape[0])
+        out = cp.empty((1, k.shape[1]), cp.float32)
+        _gemm_f16_f32(ones, k, out)
+        return out[0]
+
+    def _ones(self, rows: int):
+        if getattr(self, "_ones_cache", None) is None or self._ones_cache.shape[1] < rows:
+            self._ones_cache = cp.ones((1, rows), cp.float16)
+        return self._ones_cache[:, :rows]
 
 
 def rbf_permutation_sums(z, labels, bandwidth: float, *, tile: int = TILE):
@@ -158,43 +196,4 @@ def rbf_permutation_sums(z, labels, bandwidth: float, *, tile: int = TILE):
     `z` may be a CuPy array or a NumPy array (streamed to the device one tile at a time);
     `labels` is a CuPy (N, P) 0/1 array.
     """
-    on_host = isinstance(z, np.ndarray)
-    xp = np if on_host else cp
-    mean = z.mean(axis=0, dtype=xp.float64).astype(xp.float32)
-    n_rows = z.shape[0]
-    inv = np.float32(1.0 / bandwidth)
-    n_perm = labels.shape[1]
-    width = -(-(n_perm + 1) // 8) * 8  # tensor-core GEMMs want multiples of 8
-    weights = cp.zeros((n_rows, width), cp.float16)
-    weights[:, :n_perm] = labels
-    weights[:, n_perm] = 1  # the row sums ride along as one more column
-    q = cp.zeros(n_perm, cp.float64)
-    r = cp.zeros(n_rows, cp.float64)
-
-    def block(start: int):
-        stop = min(start + tile, n_rows)
-        rows = (cp.asarray(z[start:stop]) - cp.asarray(mean)) * inv
-        return rows, 0.5 * (rows * rows).sum(axis=1)
-
-    # Flat buffers reshaped per tile keep every tile C-contiguous, edge tiles included.
-    gram = cp.empty(tile * tile, cp.float32)
-    kern = cp.empty(tile * tile, cp.float16)
-    prod = cp.empty(tile * width, cp.float32)
-    with _tf32_gram():
-        for i0 in range(0, n_rows, tile):
-            z_i, h_i = block(i0)
-            for j0 in range(i0, n_rows, tile):
-                z_j, h_j = (z_i, h_i) if j0 == i0 else block(j0)
-                bi, bj = z_i.shape[0], z_j.shape[0]
-                g = gram[: bi * bj].reshape(bi, bj)
-                cp.matmul(z_i, z_j.T, out=g)
-                k = kern[: bi * bj].reshape(bi, bj)
-                _rbf_tile_f16(g, h_i, h_j, bj, i0, j0, k)
-                c = prod[: bi * width].reshape(bi, width)
-                _gemm_f16_f32(k, weights[j0 : j0 + bj], c)
-                scale = 1.0 if i0 == j0 else 2.0
-                q += scale * (c[:, :n_perm] * weights[i0 : i0 + bi, :n_perm]).sum(axis=0, dtype=cp.float64)
-                r[i0 : i0 + bi] += c[:, n_perm]
-                if i0 != j0:
-                    r[j0 : j0 + bj] += k.sum(axis=0, dtype=cp.float32)
-    return q, r
+    return tiled_permutation_sums(z, labels, bandwidth, ops=CupyTileOps(), tile=tile)
