@@ -1,0 +1,63 @@
+"""`llmops quickstart`: the whole lifecycle through the real console script, twice, and after a SIGINT."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def quickstart(workdir: Path, **popen) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(OMP_NUM_THREADS="1", COLUMNS="200", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "llmops", "quickstart", "--workdir", str(workdir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def finish(process: subprocess.Popen) -> str:
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, out
+    return out
+
+
+def aliases(workdir: Path) -> dict[str, int]:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    try:
+        return dict(client.get_registered_model("quickstart").aliases)
+    except mlflow.exceptions.MlflowException:
+        return {}
+
+
+@pytest.mark.slow
+def test_quickstart_runs_twice_in_one_workdir(tmp_path):
+    first = finish(quickstart(tmp_path / "qs"))
+    assert "fine-tuned   quickstart/1" in first
+    assert "gate         pass; promoted to quickstart@production" in first
+    assert "exact match  0.00 (base) -> 1.00 (adapter)" in first or "-> 0.9" in first
+    assert "A: Paris" in first and "token JS divergence" in first
+    assert (tmp_path / "qs" / "reports" / "eval" / "report.html").is_file()
+    second = finish(quickstart(tmp_path / "qs"))
+    assert "fine-tuned   quickstart/2" in second
+    assert aliases(tmp_path / "qs")["candidate"] == 2
+
+
+@pytest.mark.slow
+def test_sigint_during_the_finetune_leaves_no_alias_on_an_unfinished_version(tmp_path):
+    workdir = tmp_path / "qs"
+    process = quickstart(workdir)
+    output = ""
+    deadline = time.monotonic() + 300
+    while "done prompt" not in output:  # the fine-tune starts right after the prompt step
+        assert time.monotonic() < deadline and process.poll() is None, output
+        output += process.stdout.readline()
+    time.sleep(3)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert aliases(workdir) == {}  # nothing was registered, so no alias points anywhere
+    assert "promoted to quickstart@production" in finish(quickstart(workdir))
