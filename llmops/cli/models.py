@@ -108,3 +108,24 @@ def history(name: str = typer.Argument(..., help="Registered model name.")) -> N
         console.print(f"no alias moves recorded for {name}")
     for event in events:
         console.print(event.describe(), markup=False)
+
+
+@app.command("merge")
+def merge(
+    ref: str = typer.Argument(..., help="Adapter version: NAME, NAME@ALIAS or NAME/VERSION."),
+    out_dir: Path = typer.Argument(..., help="Folder to write the merged model into."),
+    register: Optional[str] = typer.Option(None, "--register", help="Register the merged model as a new version of this name."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="Alias to move to the registered merged version."),
+    dtype: str = typer.Option("float32", help="Saved weight dtype: float32, bfloat16 or float16."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+) -> None:
+    """Merge an adapter version into its base (for engines that serve merged weights)."""
+    from llmops.finetune.merge import merge_adapter
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise typer.BadParameter("use float32, bfloat16 or float16", param_hint="--dtype")
+    with console.status(f"merging {ref}"):
+        result = merge_adapter(ref, out_dir, dtype=dtype, register_as=register, alias=alias, overwrite=force)
+    console.print(f"merged {result.adapter_ref} into {result.base_ref}: {result.out_dir}", markup=False)
+    if result.version:
+        console.print(f"registered {result.version} (merged)" + (f", alias {alias}" if alias else ""), markup=False)
