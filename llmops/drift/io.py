@@ -6,7 +6,6 @@ mean-pooled last hidden states of a local Hugging Face model folder (the served 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 
 from llmops.drift.inputs import DriftInputError
 from llmops.extras import require
+from llmops.jsonl import read_jsonl
 
 __all__ = ["load_records", "load_embeddings", "load_token_documents", "embed_texts", "load_tokenizer"]
 
@@ -41,9 +41,7 @@ def load_records(path: str | Path) -> tuple[str, Any]:
 
             return "table", pq.read_table(path).to_pydict()
         if suffix in (".jsonl", ".json"):
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not rows or not all(isinstance(row, dict) for row in rows):
-                raise DriftInputError(f"{path}: expected one JSON object per line")
+            rows = [row for _, row in read_jsonl(path, "records", DriftInputError)]
             columns: dict[str, list] = {}
             for row in rows:
                 for key in row:

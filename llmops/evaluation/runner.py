@@ -19,6 +19,7 @@ from llmops.evaluation.cache import ResponseCache, cache_key
 from llmops.evaluation.generators import LazyGenerator, OpenAIGenerator
 from llmops.evaluation.scorers import EvalError, Sample, Scorer, build_scorer
 from llmops.evaluation.suite import PromptSpec, SuiteConfig
+from llmops.jsonl import read_jsonl
 from llmops.registry.digest import json_digest
 
 __all__ = ["ItemResult", "ScorerSummary", "EvalResult", "load_suite", "load_items", "run_suite", "run_suite_async"]
@@ -111,17 +112,7 @@ def load_items(suite: SuiteConfig) -> list[dict[str, Any]]:
         path = suite.dataset
         if not path.is_file():
             raise EvalError(f"suite {suite.name!r}: dataset file {path} not found")
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise EvalError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise EvalError(f"{path}:{number}: each line must be a JSON object")
-            rows.append(row)
+        rows = [row for _, row in read_jsonl(path, "dataset", EvalError)]
     if not rows:
         raise EvalError(f"suite {suite.name!r}: the dataset has no items")
     return rows

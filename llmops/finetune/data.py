@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from llmops.finetune import FinetuneError
+from llmops.jsonl import read_jsonl as _read_jsonl
 from llmops.finetune.schema import DataSection
 
 __all__ = [
@@ -83,31 +84,12 @@ class TokenizedData:
 
 
 def read_jsonl(path: Path, key: str) -> list[tuple[int, dict[str, Any]]]:
-    """Read the JSON objects of a JSONL file with their line numbers (blank lines are skipped).
+    """Read the JSON objects of a JSONL file with their line numbers (see `llmops.jsonl.read_jsonl`).
 
     Raises:
-        FinetuneError: a line is not JSON or not an object, or the file has no rows; the message
-            names the file, the line and the config key.
+        FinetuneError: naming the file, the line and the config key.
     """
-    rows = []
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as error:
-        raise FinetuneError(f"{path}: {key}: cannot read: {error.strerror or error}") from None
-    with handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise FinetuneError(f"{path}:{number}: {key}: not valid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise FinetuneError(f"{path}:{number}: {key}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    if not rows:
-        raise FinetuneError(f"{path}: {key}: the dataset is empty (no JSON lines); add examples or point {key} at another file")
-    return rows
+    return _read_jsonl(path, key, FinetuneError)
 
 
 # ------------------------------------------------------------------------------------------ formatting
