@@ -114,10 +114,10 @@ def render_html(result: EvalResult, baseline: Optional[EvalResult] = None, verdi
     for key in result.summaries:
         plots.append(_histogram_svg({name: [v for v in r.scores(key).values() if v is not None] for name, r in runs.items()},
                                     f"{key}: distribution"))
-    plots.append(_bars_svg(list(result.summaries), {n: [r.summaries[k].mean for k in result.summaries] for n, r in runs.items()},
-                           "mean per scorer"))
+    quality = [k for k, s in result.summaries.items() if s.quality]
+    plots.append(_bars_svg(quality, {n: [r.summaries[k].mean for k in quality] for n, r in runs.items()}, "mean per scorer"))
     for field_name, groups in result.slices.items():
-        primary = next(iter(result.summaries))
+        primary = quality[0] if quality else next(iter(result.summaries))
         labels = list(groups)
         series = {n: [r.slices.get(field_name, {}).get(g, {}).get(primary) for g in labels] for n, r in runs.items()}
         plots.append(_bars_svg([f"{field_name}={g}" for g in labels], series, f"{primary} per slice"))

@@ -51,6 +51,8 @@ class ScorerSummary:
     unmeasured: int
     p50: Optional[float] = None
     p95: Optional[float] = None
+    quality: bool = True
+    """False for raw measurements (latency in seconds, output tokens), which are not in [0, 1]."""
 
     @property
     def unmeasured_rate(self) -> float:
@@ -183,13 +185,13 @@ def _summarise(name: str, values: list[Optional[float]], quality: bool) -> Score
     measured = np.array([v for v in values if v is not None], dtype=float)
     unmeasured = len(values) - len(measured)
     if len(measured) == 0:
-        return ScorerSummary(name, None, None, None, 0, unmeasured)
+        return ScorerSummary(name, None, None, None, 0, unmeasured, quality=quality)
     mean = float(measured.mean())
     rng = np.random.default_rng(0)
     boot = measured[rng.integers(0, len(measured), size=(2000, len(measured)))].mean(axis=1) if len(measured) > 1 else np.array([mean])
     low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
     p50, p95 = (float(x) for x in np.quantile(measured, [0.5, 0.95]))
-    return ScorerSummary(name, mean, low, high, len(measured), unmeasured, p50, p95)
+    return ScorerSummary(name, mean, low, high, len(measured), unmeasured, p50, p95, quality)
 
 
 async def run_suite_async(
