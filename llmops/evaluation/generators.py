@@ -1,17 +1,28 @@
 """Where an evaluation's answers come from: a gateway URL, or the gateway's own code in-process.
 
-Both paths speak the OpenAI chat API through the official async `openai` client; in-process, the
-client's HTTP transport is the gateway's ASGI app, so evaluation runs exactly the code that serves.
+Both speak the OpenAI chat-completions wire format as raw JSON. On a small machine the evaluation
+client shares the CPU with the gateway, and building SDK objects per request (the `openai` client
+spends about 3.5 ms of CPU on each) slows the gateway down; a plain HTTP client spends a tenth of
+that. Through a URL the client is aiohttp; in-process it is httpx over the gateway's ASGI app, so
+evaluation runs exactly the code that serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
-__all__ = ["Generation", "OpenAIGenerator", "LazyGenerator", "gateway_generator", "in_process_generator"]
+from llmops.errors import LlmopsError
+
+__all__ = ["Generation", "GenerationError", "ChatGenerator", "LazyGenerator", "gateway_generator", "in_process_generator"]
+
+_CHAT_PATH = "/v1/chat/completions"
+Post = Callable[[str, bytes, dict[str, str]], Awaitable[tuple[int, bytes, Any]]]
+"""(path, body, headers) -> (status, body, response headers)."""
 
 
 @dataclass(frozen=True)
@@ -24,43 +35,63 @@ class Generation:
     model_version: Optional[str] = None
 
 
-class OpenAIGenerator:
-    """Chat completions through an `openai.AsyncOpenAI` client. `calls` counts requests sent."""
+class GenerationError(LlmopsError):
+    """The server refused or failed a request; `status` is the HTTP status (0: no answer)."""
 
-    def __init__(self, client: Any, closer: Optional[contextlib.AsyncExitStack] = None):
-        self.client = client
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"{status} {message}" if status else message)
+
+
+def _error_message(status: int, body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+    except (ValueError, AttributeError):
+        pass
+    return body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+
+
+class ChatGenerator:
+    """Chat completions over a `post` function. `calls` counts requests sent."""
+
+    def __init__(self, post: Post, api_key: str, closer: contextlib.AsyncExitStack):
+        self._post = post
+        self._headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
         self._closer = closer
         self.calls = 0
 
     async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Generation:
-        """Send one chat request; raises the client's errors (openai.APIStatusError...)."""
+        """Send one chat request. Raises GenerationError with the server's message."""
         self.calls += 1
+        body = json.dumps({"model": model, "messages": messages, **params}).encode()
         start = time.perf_counter()
-        raw = await self.client.chat.completions.with_raw_response.create(model=model, messages=messages, **params)
-        completion = raw.parse()
+        status, raw, headers = await self._post(_CHAT_PATH, body, self._headers)
         latency = time.perf_counter() - start
-        usage = completion.usage
+        if status >= 400:
+            raise GenerationError(status, _error_message(status, raw))
+        completion = json.loads(raw)
+        usage = completion.get("usage") or {}
         return Generation(
-            text=completion.choices[0].message.content or "",
+            text=completion["choices"][0]["message"].get("content") or "",
             latency_s=latency,
-            output_tokens=usage.completion_tokens if usage else 0,
-            model_version=raw.headers.get("x-llmops-model-version"),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            model_version=headers.get("x-llmops-model-version"),
         )
 
     async def aclose(self) -> None:
-        """Close the client (and stop an in-process gateway)."""
-        await self.client.close()
-        if self._closer is not None:
-            await self._closer.aclose()
+        """Close the HTTP client (and stop an in-process gateway)."""
+        await self._closer.aclose()
 
 
 class LazyGenerator:
     """Creates the real generator on the first request, so a fully cached run starts no engine."""
 
-    def __init__(self, factory):
+    def __init__(self, factory: Callable[[], Awaitable[ChatGenerator]]):
         self._factory = factory
-        self._generator: Optional[OpenAIGenerator] = None
-        self._lock = None
+        self._generator: Optional[ChatGenerator] = None
+        self._lock: Optional[asyncio.Lock] = None
 
     @property
     def calls(self) -> int:
@@ -68,8 +99,6 @@ class LazyGenerator:
         return self._generator.calls if self._generator else 0
 
     async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Generation:
-        import asyncio
-
         if self._generator is None:
             self._lock = self._lock or asyncio.Lock()
             async with self._lock:
@@ -82,21 +111,39 @@ class LazyGenerator:
             await self._generator.aclose()
 
 
-def gateway_generator(base_url: str, api_key: Optional[str] = None, timeout: float = 120.0) -> OpenAIGenerator:
-    """A generator that calls a running gateway (or any OpenAI-compatible server) at `base_url`."""
+async def gateway_generator(base_url: str, api_key: Optional[str] = None, timeout: float = 300.0,
+                            retries: int = 2) -> ChatGenerator:
+    """A generator for a running gateway (or any OpenAI-compatible server) at `base_url`.
+
+    Connection errors and 502/503/504 are retried `retries` times with a short backoff.
+    """
     import os
 
-    from llmops.extras import require
+    import aiohttp
 
-    openai = require("openai", "evaluation through a gateway")
-    url = base_url.rstrip("/")
-    if not url.endswith("/v1"):
-        url += "/v1"
+    url = base_url.rstrip("/").removesuffix("/v1")
     key = api_key or os.environ.get("LLMOPS_API_KEY") or os.environ.get("OPENAI_API_KEY") or "unused"
-    return OpenAIGenerator(openai.AsyncOpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=2))
+    stack = contextlib.AsyncExitStack()
+    session = await stack.enter_async_context(
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=aiohttp.TCPConnector(limit=0)))
+
+    async def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+        for attempt in range(retries + 1):
+            try:
+                async with session.post(url + path, data=body, headers=headers) as response:
+                    raw = await response.read()
+                    if response.status not in (502, 503, 504) or attempt == retries:
+                        return response.status, raw, response.headers
+            except aiohttp.ClientConnectionError as error:
+                if attempt == retries:
+                    raise GenerationError(0, f"cannot reach {url}: {error}") from None
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return ChatGenerator(post, key, stack)
 
 
-async def in_process_generator(config_path: Optional[str] = None) -> OpenAIGenerator:
+async def in_process_generator(config_path: Optional[str] = None) -> ChatGenerator:
     """A generator backed by the gateway app itself, in this process (no socket).
 
     `config_path` is a gateway config (default: the built-in defaults, serving every registered model).
@@ -104,18 +151,20 @@ async def in_process_generator(config_path: Optional[str] = None) -> OpenAIGener
     import httpx
 
     from llmops.config import load_config
-    from llmops.extras import require
     from llmops.gateway.app import create_app
     from llmops.gateway.config import GatewayConfig
 
-    openai = require("openai", "in-process evaluation")
     # Evaluation traffic is recorded as eval runs, not as gateway traces (unless a config asks for them).
     config = load_config(config_path, GatewayConfig) if config_path else GatewayConfig(tracing={"enabled": False})
     app = create_app(config)
     stack = contextlib.AsyncExitStack()
     # httpx's ASGI transport does not run the app's lifespan; enter it ourselves so engines start and stop.
     await stack.enter_async_context(app.router.lifespan_context(app))
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llmops.local", timeout=600)
-    stack.push_async_callback(http.aclose)
-    client = openai.AsyncOpenAI(base_url="http://llmops.local/v1", api_key="in-process", http_client=http, max_retries=0)
-    return OpenAIGenerator(client, stack)
+    client = await stack.enter_async_context(
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llmops.local", timeout=600))
+
+    async def post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+        response = await client.post(path, content=body, headers=headers)
+        return response.status_code, response.content, response.headers
+
+    return ChatGenerator(post, "in-process", stack)

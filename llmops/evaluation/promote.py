@@ -39,7 +39,7 @@ async def evaluate_pair(suite, candidate_ref: str, baseline_ref: Optional[str], 
     """Run the suite on candidate and baseline through one generator (one gateway start in-process)."""
     from llmops.evaluation.generators import LazyGenerator, gateway_generator, in_process_generator
 
-    generator = gateway_generator(gateway) if gateway else LazyGenerator(lambda: in_process_generator(gateway_config))
+    generator = await gateway_generator(gateway) if gateway else LazyGenerator(lambda: in_process_generator(gateway_config))
     try:
         candidate = await run_suite_async(suite, generator, candidate_ref, use_cache=use_cache)
         baseline = await run_suite_async(suite, generator, baseline_ref, use_cache=use_cache) if baseline_ref else None

@@ -16,7 +16,7 @@ import numpy as np
 
 from llmops.config import load_config
 from llmops.evaluation.cache import ResponseCache, cache_key
-from llmops.evaluation.generators import LazyGenerator, OpenAIGenerator
+from llmops.evaluation.generators import ChatGenerator, GenerationError, LazyGenerator
 from llmops.evaluation.scorers import EvalError, Sample, Scorer, build_scorer
 from llmops.evaluation.suite import PromptSpec, SuiteConfig
 from llmops.jsonl import read_jsonl
@@ -196,12 +196,12 @@ def _summarise(name: str, values: list[Optional[float]], quality: bool) -> Score
 
 async def run_suite_async(
     suite: SuiteConfig,
-    generator: "OpenAIGenerator | LazyGenerator",
+    generator: "ChatGenerator | LazyGenerator",
     model: Optional[str] = None,
     use_cache: bool = True,
     cache: Optional[ResponseCache] = None,
     progress: bool = True,
-    judge_generator: Optional[OpenAIGenerator] = None,
+    judge_generator: Optional[ChatGenerator] = None,
 ) -> EvalResult:
     """Run `suite` on `model` (default: the suite's) through `generator`.
 
@@ -235,8 +235,8 @@ async def run_suite_async(
             async with semaphore:
                 try:
                     generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat})
-                except Exception as error:  # the client's errors carry the gateway's message
-                    raise EvalError(f"generating with {model!r} failed: {_client_error(error)}") from error
+                except GenerationError as error:
+                    raise EvalError(f"generating with {model!r} failed: {error}") from None
             hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens}
             counts["generated"] += 1
             if cacheable:
@@ -271,16 +271,6 @@ async def run_suite_async(
                       counts["generated"], counts["cached"], time.perf_counter() - start)
 
 
-def _client_error(error: Exception) -> str:
-    # openai's APIStatusError keeps the `error` object of OpenAI's error shape as `body`.
-    body = getattr(error, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        body = body["error"]
-    if isinstance(body, dict) and body.get("message"):
-        return f"{getattr(error, 'status_code', '')} {body['message']}".strip()
-    return str(error) or type(error).__name__
-
-
 async def _gather_with_progress(coroutines: list, description: str, progress: bool) -> list:
     if not progress:
         return list(await asyncio.gather(*coroutines))
@@ -300,10 +290,10 @@ async def _gather_with_progress(coroutines: list, description: str, progress: bo
 def run_suite(suite: SuiteConfig, model: Optional[str] = None, gateway: Optional[str] = None,
               gateway_config: Optional[str] = None, use_cache: bool = True, progress: bool = True) -> EvalResult:
     """Synchronous wrapper: through `gateway` (a URL) if given, else the gateway code in-process."""
-    from llmops.evaluation.generators import LazyGenerator, gateway_generator, in_process_generator
+    from llmops.evaluation.generators import gateway_generator, in_process_generator
 
     async def main() -> EvalResult:
-        generator = gateway_generator(gateway) if gateway else LazyGenerator(lambda: in_process_generator(gateway_config))
+        generator = await gateway_generator(gateway) if gateway else LazyGenerator(lambda: in_process_generator(gateway_config))
         try:
             return await run_suite_async(suite, generator, model, use_cache=use_cache, progress=progress)
         finally:

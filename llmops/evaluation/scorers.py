@@ -40,11 +40,12 @@ class Sample:
 
 
 def _render(template: str, row: dict[str, Any], where: str) -> str:
-    from jinja2 import StrictUndefined, UndefinedError
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2 import UndefinedError
+
+    from llmops.registry.prompts import compile_template
 
     try:
-        return SandboxedEnvironment(undefined=StrictUndefined).from_string(template).render(**row)
+        return compile_template(template).render(**row)
     except UndefinedError as error:
         raise EvalError(f"{where}: {error.message} in the dataset row (fields: {', '.join(sorted(row))})") from None
 

@@ -8,6 +8,7 @@ is strict: a missing or an unknown variable is an error, never an empty string.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ __all__ = [
     "render_prompt",
     "render_template",
     "template_variables",
+    "compile_template",
     "set_prompt_alias",
     "prompt_alias_history",
     "diff_prompts",
@@ -73,6 +75,7 @@ class Prompt:
 # ------------------------------------------------------------------------------------------ templates
 
 
+@functools.lru_cache(maxsize=1)
 def _environment():
     from jinja2 import StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
@@ -110,14 +113,24 @@ def check_template(template: Any) -> Template:
     return template
 
 
-def template_variables(template: Template) -> list[str]:
-    """The undeclared (caller-supplied) variables of a text or chat template, sorted."""
+@functools.lru_cache(maxsize=512)
+def compile_template(text: str):
+    """A compiled strict Jinja template (cached: evaluation renders one template per dataset row)."""
+    return _environment().from_string(text)
+
+
+@functools.lru_cache(maxsize=512)
+def _variables_of(text: str) -> frozenset[str]:
     from jinja2 import meta
 
-    env = _environment()
+    return frozenset(meta.find_undeclared_variables(_environment().parse(text)))
+
+
+def template_variables(template: Template) -> list[str]:
+    """The undeclared (caller-supplied) variables of a text or chat template, sorted."""
     names: set[str] = set()
     for text in _texts(template):
-        names |= meta.find_undeclared_variables(env.parse(text))
+        names |= _variables_of(text)
     return sorted(names)
 
 
@@ -140,11 +153,10 @@ def render_template(template: Template, variables: Mapping[str, Any], where: str
             parts.append(f"unknown variable(s) {', '.join(unknown)}")
         expects = ", ".join(sorted(expected)) or "none"
         raise PromptRenderError(f"{where}: {'; '.join(parts)} (expects: {expects})", missing, unknown)
-    env = _environment()
     try:
         if isinstance(template, str):
-            return env.from_string(template).render(**variables)
-        return [{"role": m["role"], "content": env.from_string(m["content"]).render(**variables)} for m in template]
+            return compile_template(template).render(**variables)
+        return [{"role": m["role"], "content": compile_template(m["content"]).render(**variables)} for m in template]
     except UndefinedError as error:  # e.g. an attribute of a variable that does not exist
         raise PromptRenderError(f"{where}: {error.message}") from None
 
