@@ -1,0 +1,121 @@
+"""The gateway's configuration (`serving/gateway.yaml`): where to listen, what to serve, how to trace.
+
+    host: 127.0.0.1
+    port: 8000
+    models: [tiny@production, capitals@production]   # omit to serve every registered model
+    engine: {kind: transformers, max_batch_size: 16}
+    tracing: {enabled: true, sample_ratio: 1.0}
+    limits: {max_body_bytes: 1048576, max_tokens: 256}
+
+Loaded with `llmops.config.load_config(path, GatewayConfig, overrides)`; `llmops validate` checks it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from llmops.config import ConfigModel
+
+__all__ = ["GatewayConfig", "EngineConfig", "TracingConfig", "LimitsConfig"]
+
+
+class EngineConfig(ConfigModel):
+    """How models are run."""
+
+    kind: Literal["transformers"] = "transformers"
+    """The engine: `transformers` (in-process, CPU or GPU, peft adapters, batching). `vllm` and
+    `upstream` are planned."""
+    device: str = "auto"
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype: `auto` is bfloat16 on CUDA and float32 on CPU."""
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    """Most sequences decoded together in one step; requests beyond it wait for a free slot."""
+    num_threads: Optional[int] = Field(None, ge=1)
+    """torch CPU threads (`torch.set_num_threads`); None keeps torch's default. 1 is fastest for small
+    models on a busy machine."""
+    max_loaded_adapters: int = Field(64, ge=1)
+    """Adapters kept loaded per base model (the oldest unused is unloaded beyond this)."""
+
+
+class TracingConfig(ConfigModel):
+    """Request tracing into MLflow (one trace per request: spans resolve, render, generate)."""
+
+    enabled: bool = True
+    """Record traces."""
+    experiment: str = "llmops-gateway"
+    """MLflow experiment that holds the traces."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of requests traced (decided at random per request)."""
+    flush_interval: float = Field(0.5, gt=0.0, le=60.0)
+    """Seconds between bulk writes of the queued traces to the store."""
+    max_batch: int = Field(2000, ge=1)
+    """Most traces written in one transaction."""
+    max_queue: int = Field(50_000, ge=1)
+    """Traces waiting to be written beyond this are dropped (and counted in `llmops:traces_dropped_total`)."""
+    capture_text: bool = True
+    """Store request messages and response text in the trace (off: only sizes, versions and timings)."""
+    otlp_endpoint: Optional[str] = None
+    """Also export spans to this OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); needs
+    `pip install opentelemetry-exporter-otlp-proto-http`."""
+
+
+class LimitsConfig(ConfigModel):
+    """Guards against oversized or runaway requests."""
+
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest request body accepted; larger bodies get 413."""
+    max_tokens: int = Field(1024, ge=1)
+    """Largest `max_tokens` / `max_completion_tokens` a request may ask for (400 beyond)."""
+    default_max_tokens: int = Field(256, ge=1)
+    """`max_tokens` of a request that sets none (capped by the model's context length)."""
+    max_n: int = Field(16, ge=1)
+    """Largest `n` (choices per request)."""
+    request_timeout: float = Field(300.0, gt=0.0)
+    """Seconds a request may take before it is cancelled (504)."""
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> "LimitsConfig":
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("limits.default_max_tokens must not exceed limits.max_tokens")
+        return self
+
+
+class GatewayConfig(ConfigModel):
+    """`llmops serve` configuration."""
+
+    kind: Optional[Literal["gateway"]] = None
+    """Optional marker so that `llmops validate` recognises the file anywhere."""
+    host: str = "127.0.0.1"
+    """Interface to bind (`0.0.0.0` exposes the gateway to the network)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0 picks a free one)."""
+    models: Optional[list[str]] = None
+    """Registry refs clients may request (`NAME@ALIAS`, `NAME/VERSION`, `NAME`). Omitted: every
+    registered model, by any ref."""
+    preload: bool = True
+    """Load the listed `models` at start-up instead of on their first request."""
+    refresh_interval: float = Field(5.0, gt=0.0)
+    """Seconds between re-resolutions of served refs, so that a moved alias is served without restart."""
+    engine: EngineConfig = EngineConfig()
+    tracing: TracingConfig = TracingConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _valid_refs(cls, models: Optional[list[str]]) -> Optional[list[str]]:
+        if models is None:
+            return None
+        from llmops.errors import RegistryError
+        from llmops.registry.refs import parse_ref
+
+        for ref in models:
+            try:
+                parse_ref(ref)
+            except RegistryError as error:
+                raise ValueError(str(error)) from None
+        if len(set(models)) != len(models):
+            raise ValueError("models: each ref may be listed once")
+        return models

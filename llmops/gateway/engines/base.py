@@ -1,0 +1,91 @@
+"""The engine contract: what the gateway needs from anything that generates tokens.
+
+An engine serves one base model and any number of LoRA adapters of it. The gateway hands it token
+ids (it owns the chat template through `encode_chat`), reads token events back as an async
+iterator, and stops iterating to cancel. `transformers.py` is the in-process engine; `vllm.py`
+(`AsyncLLM` + `LoRARequest`) and `upstream.py` (an OpenAI-compatible fleet) fit the same Protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Optional, Protocol, Sequence, runtime_checkable
+
+__all__ = ["SamplingParams", "GenerationRequest", "TokenEvent", "Engine"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. `temperature` 0 (or None with a greedy model default) is greedy decoding."""
+
+    max_tokens: int
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    repetition_penalty: Optional[float] = None
+    seed: Optional[int] = None
+    logprobs: Optional[int] = None
+    """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely alternatives."""
+    ignore_eos: bool = False
+    """Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks, load tests)."""
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate. `adapter` is the name of a loaded adapter, None for the base."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: Optional[str] = None
+    stream: bool = True
+    """False: nobody reads tokens early, so the engine may hand them over all at once at the end
+    (each still stamped with its `time_ns`), sparing the event loop one wake-up per token."""
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token. `finish_reason` is set on the last one (`stop`, `length`, `abort`)."""
+
+    token_id: int
+    logprob: Optional[float] = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    finish_reason: Optional[str] = None
+    time_ns: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A running model server for one base model and its adapters."""
+
+    max_context: int
+    """Most tokens (prompt + generated) a sequence may hold."""
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` rendered with the model's chat template and a generation prompt."""
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a plain-text prompt."""
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens skipped."""
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token as logprobs show it."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the tokens of `request`; closing the iterator early cancels the generation."""
+
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Normalised mean-pooled embeddings of `texts` and the number of tokens read."""
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Load a LoRA adapter from `path` under `name` (a no-op when already loaded)."""
+
+    def stats(self) -> dict[str, int]:
+        """Counts: `running`, `waiting` sequences and `aborted` (cancelled before finishing) so far."""
+
+    async def close(self) -> None:
+        """Stop the engine and free its model."""

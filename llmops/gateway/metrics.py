@@ -1,0 +1,84 @@
+"""Prometheus metrics at `/metrics`, named like vLLM's with the `llmops:` prefix.
+
+Every series carries `model` (the registered model name) and `version` (its number) labels, so a
+dashboard can compare `capitals` 3 against 4 while an alias moves. Requests that fail before a
+model is resolved (bad JSON, unknown model) count under `model=""`; labels never take raw client
+input, which would let any client create series without bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LABELS = ("model", "version")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class GatewayMetrics:
+    """The gateway's metric families, in their own registry (so several apps can live in one process)."""
+
+    def __init__(self, trace_stats: Optional[Callable[[], Any]] = None):
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()  # `*_created` series double the output and no dashboard reads them
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("llmops:requests", "Requests by endpoint and HTTP status.",
+                                (*_LABELS, "endpoint", "status"), registry=r)
+        self.request_success = Counter("llmops:request_success", "Finished choices by finish reason.",
+                                       (*_LABELS, "finished_reason"), registry=r)
+        self.prompt_tokens = Counter("llmops:prompt_tokens", "Prompt tokens processed.", _LABELS, registry=r)
+        self.generation_tokens = Counter("llmops:generation_tokens", "Tokens generated.", _LABELS, registry=r)
+        self.running = Gauge("llmops:num_requests_running", "Requests in flight.", _LABELS, registry=r)
+        self.ttft = Histogram("llmops:time_to_first_token_seconds", "Time to the first generated token.",
+                              _LABELS, buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("llmops:inter_token_latency_seconds", "Time between consecutive tokens of a choice.",
+                             _LABELS, buckets=_ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("llmops:e2e_request_latency_seconds", "Request latency, arrival to last byte.",
+                             _LABELS, buckets=_LATENCY_BUCKETS, registry=r)
+        self.request_prompt_tokens = Histogram(
+            "llmops:request_prompt_tokens", "Prompt tokens per request.", _LABELS,
+            buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
+        self.request_generation_tokens = Histogram(
+            "llmops:request_generation_tokens", "Generated tokens per request.", _LABELS,
+            buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=r)
+        if trace_stats is not None:
+            r.register(_TraceCollector(trace_stats))
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class _TraceCollector:
+    """Exporter counters read at scrape time (no locking on the request path)."""
+
+    def __init__(self, stats: Callable[[], Any]):
+        self.stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        stats = self.stats()
+        if stats is None:
+            return
+        for name, value, doc in (
+            ("llmops:traces_stored", stats.stored, "Traces written to the MLflow store."),
+            ("llmops:traces_dropped", stats.dropped, "Traces dropped because the export queue was full."),
+            ("llmops:traces_failed", stats.failed, "Traces the store refused (see the gateway log)."),
+        ):
+            family = CounterMetricFamily(name, doc)
+            family.add_metric([], value)
+            yield family
+        family = CounterMetricFamily("llmops:trace_export_seconds", "Time the exporter spent writing traces.")
+        family.add_metric([], stats.write_seconds)
+        yield family

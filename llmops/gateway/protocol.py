@@ -1,0 +1,315 @@
+"""OpenAI wire models: requests and responses of `/v1/chat/completions`, `/v1/completions`,
+`/v1/embeddings`, `/v1/models`, and the one error shape.
+
+Fields follow OpenAI's order; llmops and vLLM extensions come after the marker comment in each
+request. Unknown request fields are accepted (`extra="allow"`) so that newer clients keep working;
+the serving layer logs them as ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ErrorDetail",
+    "ErrorResponse",
+    "ChatMessage",
+    "StreamOptions",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "EmbeddingRequest",
+    "UsageInfo",
+    "TopLogprob",
+    "TokenLogprob",
+    "ChoiceLogprobs",
+    "CompletionLogprobs",
+    "ChatCompletionResponse",
+    "ChatCompletionChunk",
+    "CompletionResponse",
+    "EmbeddingResponse",
+    "ModelCard",
+    "ModelList",
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(_Response):
+    """OpenAI's error object. `code` is a string id (`model_not_found`) or null."""
+
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(_Response):
+    """The only error body the gateway sends: `{"error": {...}}`."""
+
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------------------- requests
+
+
+class _ContentPart(_Request):
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(_Request):
+    """One chat message; list content is joined from its `text` parts."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[_ContentPart], None] = None
+    name: Optional[str] = None
+
+    def text(self) -> str:
+        """The message content as plain text."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+
+class StreamOptions(_Request):
+    """`stream_options`: `include_usage` adds a last chunk with the usage and no choices."""
+
+    include_usage: Optional[bool] = False
+
+
+_Stop = Union[str, list[str], None]
+
+
+class _SamplingFields(_Request):
+    """Fields shared by chat and text completions, validated the same way."""
+
+    @field_validator("stop", check_fields=False)
+    @classmethod
+    def _stop_list(cls, stop: _Stop) -> _Stop:
+        items = [stop] if isinstance(stop, str) else (stop or [])
+        if len(items) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not item for item in items):
+            raise ValueError("stop sequences must not be empty")
+        return stop
+
+    def stop_list(self) -> list[str]:
+        """`stop` as a list."""
+        stop = getattr(self, "stop", None)
+        return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """`POST /v1/chat/completions`. `messages` may be omitted when a registry `prompt` supplies them."""
+
+    messages: Optional[list[ChatMessage]] = None
+    model: str
+    frequency_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[str, float]] = None
+    logprobs: Optional[bool] = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    n: Optional[int] = Field(1, ge=1)
+    presence_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
+    response_format: Optional[dict[str, Any]] = None
+    seed: Optional[int] = None
+    stop: _Stop = None
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Optional[Union[str, dict[str, Any]]] = None
+    user: Optional[str] = None
+    # --- extensions (vLLM's sampling parameters; llmops' registry prompts) ---
+    top_k: Optional[int] = Field(None, ge=-1)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0)
+    ignore_eos: Optional[bool] = False
+    prompt: Optional[str] = None
+    """A registry prompt ref (`NAME@ALIAS`) rendered with `variables` in front of `messages`."""
+    variables: Optional[dict[str, Any]] = None
+
+
+class CompletionRequest(_SamplingFields):
+    """`POST /v1/completions`. With `variables` present, `prompt` is a registry prompt ref."""
+
+    model: str
+    prompt: Union[str, list[str], list[int], list[list[int]]]
+    best_of: Optional[int] = None
+    echo: Optional[bool] = False
+    frequency_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[str, float]] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=5)
+    max_tokens: Optional[int] = Field(16, ge=1)
+    n: Optional[int] = Field(1, ge=1)
+    presence_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
+    seed: Optional[int] = None
+    stop: _Stop = None
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    suffix: Optional[str] = None
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    user: Optional[str] = None
+    # --- extensions ---
+    top_k: Optional[int] = Field(None, ge=-1)
+    repetition_penalty: Optional[float] = Field(None, gt=0.0)
+    ignore_eos: Optional[bool] = False
+    variables: Optional[dict[str, Any]] = None
+
+
+class EmbeddingRequest(_Request):
+    """`POST /v1/embeddings`: mean-pooled, L2-normalised last hidden states of the served base model."""
+
+    input: Union[str, list[str], list[int], list[list[int]]]
+    model: str
+    encoding_format: Optional[Literal["float", "base64"]] = "float"
+    dimensions: Optional[int] = None
+    user: Optional[str] = None
+
+
+# ------------------------------------------------------------------------------------------ responses
+
+
+class UsageInfo(_Response):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+    top_logprobs: list[TopLogprob] = []
+
+
+class ChoiceLogprobs(_Response):
+    """Chat logprobs: one entry per generated token."""
+
+    content: Optional[list[TokenLogprob]] = None
+
+
+class CompletionLogprobs(_Response):
+    """Legacy completions logprobs (parallel lists)."""
+
+    text_offset: list[int] = []
+    token_logprobs: list[Optional[float]] = []
+    tokens: list[str] = []
+    top_logprobs: list[Optional[dict[str, float]]] = []
+
+
+class _AssistantMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: Optional[str] = None
+
+
+class _ChatChoice(_Response):
+    index: int
+    message: _AssistantMessage
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionResponse(_Response):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[_ChatChoice]
+    usage: UsageInfo
+    system_fingerprint: Optional[str] = None
+
+
+class _Delta(_Response):
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class _ChunkChoice(_Response):
+    index: int
+    delta: _Delta
+    logprobs: Optional[ChoiceLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[_ChunkChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class _CompletionChoice(_Response):
+    index: int
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: Optional[str] = None
+
+
+class CompletionResponse(_Response):
+    """Both the full response and each streamed chunk of `/v1/completions` (as OpenAI does)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[_CompletionChoice]
+    usage: Optional[UsageInfo] = None
+    system_fingerprint: Optional[str] = None
+
+
+class _Embedding(_Response):
+    object: Literal["embedding"] = "embedding"
+    embedding: Union[list[float], str]
+    index: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[_Embedding]
+    model: str
+    usage: UsageInfo
+
+
+class ModelCard(_Response):
+    """One entry of `/v1/models`: `root` is the resolved version, `parent` the base of an adapter."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "llmops"
+    root: Optional[str] = None
+    parent: Optional[str] = None
+    # --- extensions ---
+    kind: Optional[str] = None
+    """`base`, `adapter` or `merged`."""
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
