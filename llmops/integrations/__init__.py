@@ -1,0 +1,1 @@
+"""Bridges to other tools (LangChain). Each module imports its tool only when used."""
