@@ -103,6 +103,25 @@ def embeddings(
     _finish("embeddings", summary, plots, reference, current, out, model, no_mlflow)
 
 
+def _token_report(ref_docs, cur_docs, size: int, tok, **options):
+    """Run the token drift test and print its table; returns the result."""
+    from llmops.drift import token_drift
+
+    result = _run_reporting_warnings(token_drift, ref_docs, cur_docs, size, tokenizer=tok, **options)
+    rows = [("Jensen-Shannon (bits)", f"{result.js_divergence:.4g}"),
+            ("JS permutation p-value", "n/a" if result.js_p_value is None else f"{result.js_p_value:.4g}"),
+            ("PSI", f"{result.psi:.4g}"), ("χ² p-value / Cramér's V", f"{result.chi2_p_value:.3g} / {result.cramers_v:.3g}"),
+            ("length KS p-value", "n/a" if result.length_p_value is None else f"{result.length_p_value:.3g}"),
+            ("unseen-token rate", f"{result.unseen_rate:.3%}"),
+            ("unknown-token rate (ref / cur)", "n/a" if result.unknown_rate_current is None else f"{result.unknown_rate_reference:.3%} / {result.unknown_rate_current:.3%}"),
+            ("tokens (reference / current)", f"{result.n_reference_tokens} / {result.n_current_tokens}"),
+            ("drift", "YES" if result.drift else "no"), ("backend", result.backend)]
+    rows += [(f"over-represented {i + 1}", f"{row['text'] if row['text'] is not None else row['id']!r}: {row['reference_share']:.3%} -> {row['current_share']:.3%}")
+             for i, row in enumerate(result.over_represented[:5])]
+    _table("Token drift", rows)
+    return result
+
+
 @app.command()
 def tokens(
     reference: Path = typer.Argument(..., help="Reference tokens: .npy ids, Parquet/JSONL with a token_ids or text field."),
@@ -121,7 +140,7 @@ def tokens(
     no_mlflow: bool = _NO_MLFLOW,
 ) -> None:
     """Token drift: Jensen-Shannon, PSI, χ², document lengths and unknown tokens."""
-    from llmops.drift import DriftInputError, token_drift
+    from llmops.drift import DriftInputError
     from llmops.drift.io import load_token_documents, load_tokenizer
     from llmops.drift.report import null_plot, token_bar_plot
 
@@ -131,19 +150,36 @@ def tokens(
         raise DriftInputError("give --vocab-size or --tokenizer so the vocabulary size is known")
     ref_docs = load_token_documents(reference, tokenizer=tok, text_field=text_field)
     cur_docs = load_token_documents(current, tokenizer=tok, text_field=text_field)
-    result = _run_reporting_warnings(token_drift, ref_docs, cur_docs, size, tokenizer=tok, top_k=top_k, permutations=permutations,
-                         alpha=alpha, js_threshold=js_threshold, backend=backend, seed=seed)
-    rows = [("Jensen-Shannon (bits)", f"{result.js_divergence:.4g}"),
-            ("JS permutation p-value", "n/a" if result.js_p_value is None else f"{result.js_p_value:.4g}"),
-            ("PSI", f"{result.psi:.4g}"), ("χ² p-value / Cramér's V", f"{result.chi2_p_value:.3g} / {result.cramers_v:.3g}"),
-            ("length KS p-value", "n/a" if result.length_p_value is None else f"{result.length_p_value:.3g}"),
-            ("unseen-token rate", f"{result.unseen_rate:.3%}"),
-            ("unknown-token rate (ref / cur)", "n/a" if result.unknown_rate_current is None else f"{result.unknown_rate_reference:.3%} / {result.unknown_rate_current:.3%}"),
-            ("tokens (reference / current)", f"{result.n_reference_tokens} / {result.n_current_tokens}"),
-            ("drift", "YES" if result.drift else "no"), ("backend", result.backend)]
-    rows += [(f"over-represented {i + 1}", f"{row['text'] if row['text'] is not None else row['id']!r}: {row['reference_share']:.3%} -> {row['current_share']:.3%}")
-             for i, row in enumerate(result.over_represented[:5])]
-    _table("Token drift", rows)
+    result = _token_report(ref_docs, cur_docs, size, tok, top_k=top_k, permutations=permutations, alpha=alpha,
+                           js_threshold=js_threshold, backend=backend, seed=seed)
     plots = [null_plot(result.js_null, result.js_divergence, "Jensen-Shannon divergence"),
              token_bar_plot(result.over_represented, result.under_represented)]
     _finish("tokens", result.to_dict(), plots, reference, current, out, model, no_mlflow)
+
+
+@app.command()
+def traffic(
+    model: str = typer.Option(..., "--model", help="Registry ref whose current version's captured traffic is checked."),
+    reference: Path = typer.Option(..., "--reference", help="JSONL reference rows: messages, a text field, or fields for --prompt."),
+    since: str = typer.Option("24h", "--since", help="Captured traffic at or after: a duration (30m, 24h, 7d) or an ISO time."),
+    capture_dir: Path = typer.Option(Path("traffic"), "--capture-dir", help="The gateway's capture.path."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Registry prompt that renders reference rows (as the gateway did)."),
+    out: Path = _OUT,
+    permutations: int = typer.Option(200, "--permutations", help="Document permutations for the JS p-value."),
+    alpha: float = typer.Option(0.05, "--alpha"),
+    js_threshold: float = typer.Option(0.1, "--js-threshold"),
+    backend: str = _BACKEND,
+    seed: int = typer.Option(0, "--seed"),
+    no_mlflow: bool = _NO_MLFLOW,
+) -> None:
+    """Token drift of the traffic the gateway captured for a model version, against reference data."""
+    from llmops.drift.report import null_plot, token_bar_plot
+    from llmops.drift.traffic import traffic_documents
+
+    docs = traffic_documents(model, reference, since, capture_dir, prompt)
+    typer.echo(f"{docs.records} captured requests of {docs.model_version} since {since}")
+    result = _token_report(docs.reference, docs.current, len(docs.tokenizer), docs.tokenizer, top_k=10,
+                           permutations=permutations, alpha=alpha, js_threshold=js_threshold, backend=backend, seed=seed)
+    plots = [null_plot(result.js_null, result.js_divergence, "Jensen-Shannon divergence"),
+             token_bar_plot(result.over_represented, result.under_represented)]
+    _finish("traffic", result.to_dict(), plots, reference, capture_dir, out, docs.model_version, no_mlflow)
