@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -54,4 +55,16 @@ def log_eval_run(result: EvalResult, paths: Optional[dict[str, Path]] = None, ro
         evidence = {f"llmops.eval.{result.suite}.{k}": f"{s.mean:.4f}" for k, s in result.summaries.items() if s.mean is not None}
         evidence[f"llmops.eval.{result.suite}.run_id"] = run_id
         tag_model_version(result.model_version, evidence)
+    _log_to_langsmith(result, run_id)
     return run_id
+
+
+def _log_to_langsmith(result: EvalResult, run_id: str) -> None:
+    """With `LANGSMITH_TRACING=true`, send the run to LangSmith too (failures logged, never raised)."""
+    try:
+        from llmops.integrations.langsmith import langsmith_enabled, log_eval_to_langsmith
+
+        if langsmith_enabled():
+            log_eval_to_langsmith(result, mlflow_run_id=run_id)
+    except Exception as error:
+        logging.getLogger(__name__).warning("could not send eval run to LangSmith: %s", error)

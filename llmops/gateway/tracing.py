@@ -174,6 +174,32 @@ class Tracer:
             close()
 
 
+class _FanOutWriter:
+    """Hands each batch to the MLflow writer (whose failures the tracer counts) and to extra writers
+    (LangSmith), whose failures are only logged."""
+
+    def __init__(self, primary: Any, *extra: Any):
+        self.primary = primary
+        self.extra = extra
+
+    def write(self, traces: list[RequestTrace]) -> None:
+        for writer in self.extra:
+            try:
+                writer.write(traces)
+            except Exception as error:
+                _log.warning("trace writer %s failed: %s", type(writer).__name__, error)
+        self.primary.write(traces)
+
+    def close(self) -> None:
+        for writer in (*self.extra, self.primary):
+            close = getattr(writer, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception as error:
+                    _log.warning("closing trace writer %s failed: %s", type(writer).__name__, error)
+
+
 def create_tracer(config: Any) -> Optional[Tracer]:
     """The tracer for a `TracingConfig` (None when tracing is off); the store is the registry's."""
     if not config.enabled:
@@ -181,4 +207,13 @@ def create_tracer(config: Any) -> Optional[Tracer]:
     from llmops.gateway.trace_store import writer_for
 
     writer = writer_for(config.experiment, capture_text=config.capture_text, otlp_endpoint=config.otlp_endpoint)
+    from llmops.integrations.langsmith import langsmith_enabled
+
+    if langsmith_enabled():  # LANGSMITH_TRACING=true: the traces go to LangSmith as well
+        try:
+            from llmops.integrations.langsmith import LangSmithTraceWriter
+
+            writer = _FanOutWriter(writer, LangSmithTraceWriter(capture_text=config.capture_text))
+        except Exception as error:  # LangSmith is optional; MLflow still gets every trace
+            _log.warning("LangSmith tracing is off: %s", error)
     return Tracer(writer, config.sample_ratio, config.flush_interval, config.max_batch, config.max_queue)
