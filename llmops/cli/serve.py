@@ -35,8 +35,10 @@ def serve(
         settings = settings.model_copy(update=updates)
     served = ", ".join(settings.models) if settings.models else "every registered model"
     typer.echo(f"llmops gateway on http://{settings.host}:{settings.port}/v1 (serving {served})", err=True)
+    # SIGTERM: stop accepting, let requests (streams included) finish for up to shutdown_timeout
+    # seconds, then the app's shutdown flushes traces and captured traffic.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=settings.shutdown_timeout)
 
 
 def register(root_app: typer.Typer) -> None:

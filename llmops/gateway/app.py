@@ -3,7 +3,10 @@
 Each route reads the body (bounded by `limits.max_body_bytes`), validates it into a protocol model,
 calls the serving layer and answers; any error becomes OpenAI's shape with a 4xx status for the
 client's mistakes. Every request gets an `x-request-id`, counts in the metrics and (when sampled)
-leaves one trace.
+leaves one trace. With `auth.enabled` the API routes need a configured key (401 / 403 / 429), and
+with `capture.enabled` every generation leaves a record in the traffic dataset (`capture.py`).
+
+`engine.kind: upstream` gets a different app: the lean pass-through proxy of `proxy.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops.gateway import responses
+from llmops.gateway.auth import ApiKeyConfig, KeyChecker, fnmatch_any
 from llmops.gateway.config import GatewayConfig
 from llmops.gateway.errors import GatewayError, error_body, from_exception, from_validation_errors
 from llmops.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -36,6 +40,7 @@ from llmops.gateway.protocol import (
     ModelList,
     UsageInfo,
 )
+from llmops.gateway.ratelimit import RateLimiter, RateLimitExceeded
 from llmops.gateway.serving import CompletionService, RequestContext, new_request_id
 
 __all__ = ["create_app", "Gateway"]
@@ -52,9 +57,15 @@ class Gateway:
         self.metrics = GatewayMetrics(lambda: self.tracer.stats if self.tracer is not None else None)
         self.router: Any = None
         self.service: Any = None
+        self.capture: Any = None
+        self.keys = KeyChecker(config.auth)
+        self.limiter = RateLimiter()
+        for key in config.auth.keys:
+            self.limiter.configure(key.id, key.requests_per_minute, key.tokens_per_minute)
 
     async def start(self) -> None:
         """Open the tracer, load the configured models, start the registry refresher."""
+        from llmops.gateway.capture import CaptureWriter
         from llmops.gateway.engines import create_engine_factory
         from llmops.gateway.router import ModelRouter
         from llmops.gateway.tracing import create_tracer
@@ -65,6 +76,7 @@ class Gateway:
 
             torch.set_num_threads(engine.num_threads)
         self.tracer = await asyncio.to_thread(create_tracer, self.config.tracing)
+        self.capture = await asyncio.to_thread(CaptureWriter.from_config, self.config.capture)
         self.router = ModelRouter(create_engine_factory(engine), self.config.models, self.config.refresh_interval)
         self.service = CompletionService(self.router, self.config.limits, self.metrics)
         if self.config.preload:
@@ -72,11 +84,35 @@ class Gateway:
         self.router.start()
 
     async def stop(self) -> None:
-        """Close the engines and flush the traces."""
+        """Close the engines and flush the traces and captured traffic."""
         if self.router is not None:
             await self.router.close()
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
+
+    # ------------------------------------------------------------------------------------- keys
+
+    def authenticate(self, request: Request, ctx: RequestContext) -> Optional[ApiKeyConfig]:
+        """The caller's key (None without auth); raises a 401 GatewayError."""
+        key = self.keys.authenticate(request.headers.get("authorization"))
+        if key is not None:
+            ctx.key_id = key.id
+            if ctx.trace is not None:
+                ctx.trace.set_tag("llmops.key_id", key.id)
+        return key
+
+    def admit(self, key: Optional[ApiKeyConfig], model: str, ctx: RequestContext) -> None:
+        """Check `key`'s scope for `model` (403) and its rate limits (429 with Retry-After)."""
+        if key is None:
+            return
+        self.keys.check_scope(key, model)
+        try:
+            self.limiter.admit(key.id)
+        except RateLimitExceeded as error:
+            ctx.headers["retry-after"] = str(error.retry_after)
+            raise
 
     # ------------------------------------------------------------------------------ bookkeeping
 
@@ -93,6 +129,8 @@ class Gateway:
 
     def finish(self, ctx: RequestContext, status: int, error: Optional[str] = None, outputs: Any = None,
                inputs: Any = None) -> None:
+        if ctx.key_id is not None:
+            self.limiter.record_tokens(ctx.key_id, ctx.prompt_tokens + ctx.completion_tokens)
         m, labels = self.metrics, ctx.labels
         latency = time.perf_counter() - ctx.arrival
         m.requests.labels(*labels, ctx.endpoint, str(status)).inc()
@@ -116,6 +154,38 @@ class Gateway:
             })
             trace.inputs, trace.outputs, trace.error = inputs, outputs, error
             self.tracer.submit(trace)
+
+    def capture_traffic(self, ctx: RequestContext, body: Any, prepared: Any, status: int,
+                        texts: Optional[list[str]] = None) -> None:
+        """Queue the capture record of a generation (token ids; text when `capture.text`)."""
+        if self.capture is None or prepared is None:
+            return
+        count = len(prepared.prompts) * len(prepared.params)
+        ids = ctx.token_ids or {}
+        completion_ids = [ids.get(i, []) for i in range(count)]
+        registry_prompt = ctx.endpoint == "chat.completions" or getattr(body, "variables", None) is not None
+        record = {
+            "time": ctx.arrival_ns / 1e9, "request_id": ctx.request_id, "key_id": ctx.key_id,
+            "endpoint": ctx.endpoint, "model": body.model, "model_version": ctx.headers.get("x-llmops-model-version"),
+            "prompt_ref": body.prompt if registry_prompt and isinstance(body.prompt, str) else None,
+            "prompt_version": ctx.headers.get("x-llmops-prompt-version"), "status": status,
+            "prompt_token_ids": prepared.prompts[0], "completion_token_ids": completion_ids,
+            "finish_reasons": [ctx.finish_reasons.get(i) for i in range(count)],
+            "prompt_tokens": ctx.prompt_tokens, "completion_tokens": ctx.completion_tokens,
+            "latency_ms": round((time.perf_counter() - ctx.arrival) * 1000, 3), "ttft_ms": ctx.ttft_ms,
+        }
+        if not self.capture.keep_text:
+            self.capture.submit(record)
+            return
+        engine, inputs = prepared.route.engine, prepared.trace_inputs or {}
+
+        def with_text() -> dict:  # decoded on the capture thread, off the request path
+            prompt = inputs.get("messages")
+            record["prompt_text"] = json.dumps(prompt) if prompt is not None else (inputs.get("prompt") or [None])[0]
+            record["completion_text"] = texts if texts is not None else [engine.decode(t) for t in completion_ids]
+            return record
+
+        self.capture.submit(with_text)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -176,9 +246,14 @@ async def _until_disconnect(request: Request, work: Any, timeout: float) -> Any:
 # --------------------------------------------------------------------------------------------- app
 
 
-def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
-    """The gateway as an ASGI app; models load when the app starts (lifespan)."""
+def create_app(config: Optional[GatewayConfig] = None) -> Any:
+    """The gateway as an ASGI app; models load when the app starts (lifespan).
+
+    `engine.kind: upstream` returns the pass-through proxy (`proxy.UpstreamProxy`) instead.
+    """
     config = config or GatewayConfig()
+    if config.engine.kind == "upstream":
+        return _create_proxy_app(config)
     gateway = Gateway(config)
 
     @asynccontextmanager
@@ -210,9 +285,13 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
 
     async def _generation(request: Request, endpoint: str, model_cls: Any) -> Response:
         ctx = gateway.begin(request, endpoint)
-        prepared = None
+        prepared = body = None
+        if gateway.capture is not None:
+            ctx.token_ids = {}
         try:
+            key = gateway.authenticate(request, ctx)
             body = _parse(model_cls, await _read_json(request, limit))
+            gateway.admit(key, body.model, ctx)
             service = gateway.service
             if endpoint == "chat.completions":
                 prepared = await service.prepare_chat(body, ctx)
@@ -224,7 +303,8 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _streamed(ctx, stream(service, prepared, ctx, body.model, response_id, include_usage), prepared),
+                    _streamed(ctx, stream(service, prepared, ctx, body.model, response_id, include_usage), prepared,
+                              body),
                     media_type="text/event-stream", headers=ctx.headers)
             gateway.metrics.running.labels(*ctx.labels).inc()
             try:
@@ -232,7 +312,9 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
             finally:
                 gateway.metrics.running.labels(*ctx.labels).dec()
             result = full(prepared, ctx, choices, body.model, response_id)
-            gateway.finish(ctx, 200, outputs=[c.text for c in choices], inputs=prepared.trace_inputs)
+            texts = [c.text for c in choices]
+            gateway.finish(ctx, 200, outputs=texts, inputs=prepared.trace_inputs)
+            gateway.capture_traffic(ctx, body, prepared, 200, texts)
             return JSONResponse(result.model_dump(), headers=ctx.headers)
         except Exception as error:
             failure = from_exception(error)
@@ -240,9 +322,12 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
                 _log.exception("request %s failed", ctx.request_id)
             gateway.finish(ctx, failure.status, error=failure.message,
                            inputs=prepared.trace_inputs if prepared else None)
+            if ctx.completion_tokens:
+                gateway.capture_traffic(ctx, body, prepared, failure.status)
             return _error_response(failure, ctx.headers)
 
-    async def _streamed(ctx: RequestContext, events: AsyncIterator[str], prepared: Any) -> AsyncIterator[str]:
+    async def _streamed(ctx: RequestContext, events: AsyncIterator[str], prepared: Any,
+                        body: Any) -> AsyncIterator[str]:
         gateway.metrics.running.labels(*ctx.labels).inc()
         status, error, text = 200, None, []
         try:
@@ -259,6 +344,7 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
             await events.aclose()
             gateway.metrics.running.labels(*ctx.labels).dec()
             gateway.finish(ctx, status, error=error, inputs=prepared.trace_inputs)
+            gateway.capture_traffic(ctx, body, prepared, status)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -272,7 +358,9 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
     async def embeddings(request: Request) -> Response:
         ctx = gateway.begin(request, "embeddings")
         try:
+            key = gateway.authenticate(request, ctx)
             body = _parse(EmbeddingRequest, await _read_json(request, limit))
+            gateway.admit(key, body.model, ctx)
             route = await gateway.service._resolve(body.model, ctx)
             texts = _embedding_texts(body, route.engine)
             started = time.time_ns()
@@ -294,11 +382,14 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
             return _error_response(failure, ctx.headers)
 
     @app.get("/v1/models")
-    async def models() -> Response:
+    async def models(request: Request) -> Response:
         try:
+            key = gateway.keys.authenticate(request.headers.get("authorization"))
             listing = await gateway.router.list_models()
         except Exception as error:
             return _error_response(from_exception(error))
+        if key is not None:  # a key sees the models it may call
+            listing = [(ref, v) for ref, v in listing if fnmatch_any(ref, key.models)]
         cards = [ModelCard(id=ref, created=int(v.created.timestamp()) if v.created else 0, root=v.ref,
                            parent=v.base, kind=v.kind) for ref, v in listing]
         return JSONResponse(ModelList(data=cards).model_dump())
@@ -309,10 +400,28 @@ def create_app(config: Optional[GatewayConfig] = None) -> FastAPI:
         return JSONResponse({"status": "ok", "engines": {ref: e.stats() for ref, e in engines.items()}})
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if gateway.keys.metrics_require_key:
+            try:
+                gateway.keys.authenticate(request.headers.get("authorization"))
+            except GatewayError as error:
+                return _error_response(error)
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+def _create_proxy_app(config: GatewayConfig) -> Any:
+    from llmops.gateway.capture import CaptureWriter
+    from llmops.gateway.proxy import RegistryResolver, UpstreamProxy
+
+    upstream = config.engine.upstream
+    resolver = RegistryResolver(config.models, config.refresh_interval, upstream.served_model_names)
+    metrics = GatewayMetrics(lambda: proxy.tracer.stats if proxy.tracer is not None else None)
+    proxy = UpstreamProxy(upstream, resolver, auth=config.auth, capture=CaptureWriter.from_config(config.capture),
+                          metrics=metrics, max_body_bytes=config.limits.max_body_bytes,
+                          shutdown_timeout=config.shutdown_timeout, tracing=config.tracing)
+    return proxy
 
 
 def _embedding_texts(body: EmbeddingRequest, engine: Any) -> list[str]:

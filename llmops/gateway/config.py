@@ -6,6 +6,11 @@
     engine: {kind: transformers, max_batch_size: 16}
     tracing: {enabled: true, sample_ratio: 1.0}
     limits: {max_body_bytes: 1048576, max_tokens: 256}
+    auth: {enabled: true, keys: [{id: team-a, sha256: 9f86d0..., models: ["capitals@*"], requests_per_minute: 600}]}
+    capture: {enabled: true, path: traffic}
+
+`engine.kind: upstream` forwards to a fleet of OpenAI-compatible servers (`engine.upstream.urls`);
+`engine.kind: vllm` runs vLLM in-process (`pip install 'llmops[gpu]'`).
 
 Loaded with `llmops.config.load_config(path, GatewayConfig, overrides)`; `llmops validate` checks it.
 """
@@ -17,16 +22,34 @@ from typing import Literal, Optional
 from pydantic import Field, field_validator, model_validator
 
 from llmops.config import ConfigModel
+from llmops.gateway.auth import AuthConfig
+from llmops.gateway.capture import CaptureConfig
+from llmops.gateway.engines.upstream import UpstreamConfig
 
-__all__ = ["GatewayConfig", "EngineConfig", "TracingConfig", "LimitsConfig"]
+__all__ = ["GatewayConfig", "EngineConfig", "VllmConfig", "TracingConfig", "LimitsConfig"]
+
+
+class VllmConfig(ConfigModel):
+    """Options of the in-process vLLM engine (`engine.kind: vllm`)."""
+
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    """Share of the GPU's memory vLLM may take (weights and KV cache)."""
+    max_loras: int = Field(8, ge=1)
+    """Adapters in one batch (`--max-loras`)."""
+    max_lora_rank: int = Field(64, ge=1)
+    """Largest adapter rank served (`--max-lora-rank`)."""
+    max_model_len: Optional[int] = Field(None, ge=1)
+    """Context length; None: the model's."""
+    engine_args: dict = {}
+    """More `vllm.engine.arg_utils.AsyncEngineArgs` fields, passed as is (e.g. `tensor_parallel_size: 2`)."""
 
 
 class EngineConfig(ConfigModel):
     """How models are run."""
 
-    kind: Literal["transformers"] = "transformers"
-    """The engine: `transformers` (in-process, CPU or GPU, peft adapters, batching). `vllm` and
-    `upstream` are planned."""
+    kind: Literal["transformers", "vllm", "upstream"] = "transformers"
+    """The engine: `transformers` (in-process, CPU or GPU, peft adapters, batching), `vllm` (in-process
+    vLLM with LoRA, GPU) or `upstream` (a fleet of OpenAI-compatible servers such as `vllm serve`)."""
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -38,6 +61,18 @@ class EngineConfig(ConfigModel):
     models on a busy machine."""
     max_loaded_adapters: int = Field(64, ge=1)
     """Adapters kept loaded per base model (the oldest unused is unloaded beyond this)."""
+    vllm: VllmConfig = VllmConfig()
+    """Options of `kind: vllm`."""
+    upstream: Optional[UpstreamConfig] = None
+    """The servers of `kind: upstream` (required for it)."""
+
+    @model_validator(mode="after")
+    def _upstream_matches_kind(self) -> "EngineConfig":
+        if self.kind == "upstream" and self.upstream is None:
+            raise ValueError("engine.upstream: kind upstream needs `upstream: {urls: [http://HOST:PORT, ...]}`")
+        if self.kind != "upstream" and self.upstream is not None:
+            raise ValueError(f"engine.upstream: only used with kind upstream (kind is {self.kind})")
+        return self
 
 
 class TracingConfig(ConfigModel):
@@ -99,9 +134,14 @@ class GatewayConfig(ConfigModel):
     """Load the listed `models` at start-up instead of on their first request."""
     refresh_interval: float = Field(5.0, gt=0.0)
     """Seconds between re-resolutions of served refs, so that a moved alias is served without restart."""
+    shutdown_timeout: float = Field(10.0, ge=0.0)
+    """Seconds SIGTERM waits for requests in flight (streams included) before closing; capture and
+    traces are flushed after them."""
     engine: EngineConfig = EngineConfig()
     tracing: TracingConfig = TracingConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    capture: CaptureConfig = CaptureConfig()
 
     @field_validator("models")
     @classmethod

@@ -39,6 +39,11 @@ class RequestContext:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     first_token_ns: Optional[int] = None
+    key_id: Optional[str] = None
+    """The `id` of the caller's API key (never the key), None without auth."""
+    token_ids: Optional[dict] = None
+    """Choice index -> generated token ids, collected only when set to a dict (traffic capture)."""
+    finish_reasons: dict = field(default_factory=dict)
 
     @property
     def ttft_ms(self) -> Optional[float]:
@@ -261,6 +266,7 @@ class CompletionService:
         # to find); otherwise the ids are decoded once at the end, which saves the event loop (and the
         # GIL it shares with the engine) a full decode per token.
         incremental = prepared.stream or bool(prepared.stop)
+        token_ids = ctx.token_ids
 
         async def run(index: int, prompt_ids: list[int], params: SamplingParams) -> None:
             assembler = TextAssembler(engine.decode, prepared.stop)
@@ -280,6 +286,8 @@ class CompletionService:
                         itl_metric.observe((now - last) / 1e9)
                     last = now
                     ctx.completion_tokens += 1
+                    if token_ids is not None:
+                        token_ids.setdefault(index, []).append(event.token_id)
                     if event.finish_reason == "error":
                         raise GatewayError(500, "the engine failed while generating (see the gateway log)")
                     if not incremental:
@@ -315,6 +323,7 @@ class CompletionService:
                     raise item
                 if item[3] is not None:
                     pending -= 1
+                    ctx.finish_reasons[item[0]] = item[3]
                     self.metrics.request_success.labels(*ctx.labels, item[3]).inc()
                 yield item
         finally:

@@ -1,0 +1,117 @@
+"""A fixed-latency OpenAI-compatible upstream: canned answers after `latency_ms`, streams of `chunks`
+canned tokens, `/health`, `/v1/models` and vLLM's `/v1/load_lora_adapter` (counted per name).
+
+    python benchmarks/_fake_upstream.py PORT [LATENCY_MS] [CHUNKS]
+
+A raw ASGI app on uvicorn (httptools, uvloop when installed), so that it costs far less than any
+gateway in front of it. Also used by the gateway's tests as a replica that can be killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+LOADS: dict[str, int] = {}
+
+
+def make_app(latency_ms: float = 20.0, chunks: int = 20):
+    delay = latency_ms / 1000.0
+    tokens = [f" tok{i}" for i in range(chunks)]
+    completion_ids = list(range(100, 100 + chunks))
+
+    def answer(body: dict, chat: bool) -> bytes:
+        text = "".join(tokens)
+        choice = {"index": 0, "finish_reason": "length"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        if body.get("return_token_ids"):
+            choice["token_ids"] = completion_ids
+        payload = {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
+                   "created": int(time.time()), "model": body.get("model", "fake"), "choices": [choice],
+                   "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}}
+        if body.get("return_token_ids"):
+            payload["prompt_token_ids"] = [1, 2, 3, 4, 5]
+        return json.dumps(payload).encode()
+
+    def chunk(body: dict, chat: bool, i: int) -> bytes:
+        choice: dict = {"index": 0, "finish_reason": "length" if i == chunks - 1 else None}
+        if chat:
+            choice["delta"] = {"content": tokens[i]}
+        else:
+            choice["text"] = tokens[i]
+        if body.get("return_token_ids"):
+            choice["token_ids"] = [completion_ids[i]]
+        payload = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+                   "created": 0, "model": body.get("model", "fake"), "choices": [choice]}
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        path = scope["path"]
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        json_header = [(b"content-type", b"application/json")]
+        if path in ("/health", "/v1/models"):
+            await send({"type": "http.response.start", "status": 200, "headers": json_header})
+            await send({"type": "http.response.body", "body": b'{"object":"list","data":[]}'})
+            return
+        if path == "/v1/load_lora_adapter":
+            name = json.loads(raw)["lora_name"]
+            LOADS[name] = LOADS.get(name, 0) + 1
+            await send({"type": "http.response.start", "status": 200, "headers": json_header})
+            await send({"type": "http.response.body", "body": f"Success: LoRA adapter '{name}' added".encode()})
+            return
+        if path == "/stats":
+            await send({"type": "http.response.start", "status": 200, "headers": json_header})
+            await send({"type": "http.response.body", "body": json.dumps({"loads": LOADS}).encode()})
+            return
+        body = json.loads(raw or b"{}")
+        chat = path.endswith("chat/completions")
+        if not body.get("stream"):
+            await asyncio.sleep(delay)
+            await send({"type": "http.response.start", "status": 200, "headers": json_header})
+            await send({"type": "http.response.body", "body": answer(body, chat)})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        step = delay / chunks
+        for i in range(chunks):
+            await asyncio.sleep(step)
+            await send({"type": "http.response.body", "body": chunk(body, chat, i), "more_body": True})
+        tail = b""
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                     "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": chunks,
+                                              "total_tokens": 5 + chunks}}
+            tail = b"data: " + json.dumps(usage).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    port = int(sys.argv[1])
+    latency = float(sys.argv[2]) if len(sys.argv) > 2 else 20.0
+    chunks = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+    uvicorn.run(make_app(latency, chunks), host="127.0.0.1", port=port, log_level="warning",
+                access_log=False, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()

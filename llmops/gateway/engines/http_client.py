@@ -1,0 +1,323 @@
+"""A minimal pooled HTTP/1.1 client for the upstream hot path: asyncio Protocol + httptools' C parser.
+
+Why not aiohttp or httpx: at one request in flight a proxied request on a small box cost about
+1.5 ms of CPU through aiohttp's client (request and response objects, multidicts, timers, a stream
+reader task per body) against the 1.5 ms the whole gateway may spend (benchmarks/gateway_overhead.py).
+This client does only what the proxy needs: POST or GET a byte body to a keep-alive connection,
+read the status and headers, then either the whole body or its chunks as they arrive. Connections
+are kept per origin (LIFO, so warm ones are reused); a reused connection that the server had
+already closed is retried once on a fresh one, as browsers and aiohttp do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import AsyncIterator, Optional
+from urllib.parse import urlsplit
+
+__all__ = ["HttpClient", "HttpResponse", "HttpConnectionError"]
+
+
+class HttpConnectionError(ConnectionError):
+    """The connection failed or closed before the response was complete."""
+
+
+class HttpResponse:
+    """A response: `status` and `headers` (lower-case str keys) once `start()` returned; then
+    `read()` for the whole body or `chunks()` for its pieces, and `release()` or `close()`."""
+
+    __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_done", "_error", "received")
+
+    def __init__(self, conn: "_Connection"):
+        self._conn = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._chunks: collections.deque = collections.deque()
+        self._waiter: Optional[asyncio.Future] = None
+        self._done = False
+        self._error: Optional[BaseException] = None
+        self.received = False  # any byte of the response arrived
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        loop = self._conn.loop
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    async def read(self, timeout: float) -> bytes:
+        """The whole body (waits until it is complete)."""
+        while not self._done and self._error is None:
+            await self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    async def chunks(self, timeout: float) -> AsyncIterator[bytes]:
+        """Body pieces as they arrive (`timeout` between pieces)."""
+        conn = self._conn
+        loop = conn.loop
+        # One watchdog per `timeout` rather than a timer per piece: pieces may come every millisecond.
+        state = {"last": loop.time()}
+
+        def watchdog() -> None:
+            idle = loop.time() - state["last"]
+            if self._done or self._error is not None:
+                return
+            if idle >= timeout:
+                self._error = asyncio.TimeoutError("the upstream server stopped sending")
+                self._wake()
+            else:
+                state["timer"] = loop.call_later(timeout - idle, watchdog)
+
+        state["timer"] = loop.call_later(timeout, watchdog)
+        try:
+            while True:
+                if self._chunks:
+                    data = b"".join(self._chunks)
+                    self._chunks.clear()
+                    if conn.paused:
+                        conn.resume()
+                    state["last"] = loop.time()
+                    yield data
+                    continue
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    return
+                self._waiter = waiter = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
+        finally:
+            state["timer"].cancel()
+
+    def release(self) -> None:
+        """Return the connection to the pool (closed instead if the body was not read to the end)."""
+        self._conn.finish(reuse=self._done and self._error is None)
+
+    def close(self) -> None:
+        """Close the connection (a client that went away: the server sees it and can stop)."""
+        if not self._done and self._error is None:
+            self._error = HttpConnectionError("closed by the gateway")
+            self._wake()
+        self._conn.finish(reuse=False)
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError("the upstream server did not answer in time"))
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; serves one response at a time."""
+
+    _PAUSE_AT = 1 << 20  # bytes buffered before reading from the server pauses
+
+    def __init__(self, pool: "_Pool", loop: asyncio.AbstractEventLoop):
+        import httptools
+
+        self.pool = pool
+        self.loop = loop
+        self.transport: Optional[asyncio.Transport] = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Optional[HttpResponse] = None
+        self.closed = False
+        self.paused = False
+        self.used = 0
+        self._header_name = b""
+
+    # asyncio.Protocol
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes nobody asked for: the connection is unusable
+            self._abort(HttpConnectionError("unexpected data from the server"))
+            return
+        response.received = True
+        try:
+            self.parser.feed_data(data)
+        except Exception as error:
+            self._abort(HttpConnectionError(f"malformed response: {error}"))
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.closed = True
+        response = self.response
+        if response is not None and not response._done:
+            headers = response.headers
+            if (exc is None and response.status and "content-length" not in headers
+                    and "transfer-encoding" not in headers):
+                response._done = True  # a body delimited by the end of the connection (HTTP/1.0 style)
+            else:
+                response._error = HttpConnectionError(f"the server closed the connection ({exc or 'EOF'})")
+            response._wake()
+        self.pool.forget(self)
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.response.status = self.parser.get_status_code()
+        self.response._wake()
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        chunks = response._chunks
+        chunks.append(body)
+        response._wake()
+        if not self.paused and len(chunks) > 16 and sum(map(len, chunks)) > self._PAUSE_AT:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        response._done = True
+        if not self.parser.should_keep_alive():
+            self.closed = True
+        response._wake()
+
+    # ours
+    def resume(self) -> None:
+        self.paused = False
+        if not self.closed:
+            self.transport.resume_reading()
+
+    def _abort(self, error: BaseException) -> None:
+        response = self.response
+        if response is not None and not response._done:
+            response._error = error
+            response._wake()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self, reuse: bool) -> None:
+        self.response = None
+        if reuse and not self.closed:
+            self.pool.put(self)
+        else:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.pool.forget(self)
+
+
+class _Pool:
+    def __init__(self, host: str, port: int, limit: int):
+        self.host = host
+        self.port = port
+        self.limit = limit
+        self.idle: list[_Connection] = []
+
+    def put(self, conn: _Connection) -> None:
+        if len(self.idle) < self.limit:
+            self.idle.append(conn)
+        else:
+            conn.closed = True
+            conn.transport.close()
+
+    def forget(self, conn: _Connection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def acquire(self, connect_timeout: float) -> _Connection:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: _Connection(self, loop), self.host, self.port), connect_timeout)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.closed = True
+            conn.transport.close()
+        self.idle.clear()
+
+
+class HttpClient:
+    """Pooled keep-alive HTTP/1.1 (plain `http://` only; put TLS termination next to the replicas).
+
+    Args:
+        connect_timeout: Seconds to open a connection.
+        max_idle: Idle connections kept per origin.
+    """
+
+    def __init__(self, connect_timeout: float = 5.0, max_idle: int = 512):
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self._pools: dict[str, tuple[_Pool, bytes]] = {}
+
+    def _pool(self, base_url: str) -> tuple[_Pool, bytes]:
+        entry = self._pools.get(base_url)
+        if entry is None:
+            parts = urlsplit(base_url)
+            if parts.scheme != "http":
+                raise ValueError(f"{base_url}: only http:// upstreams are supported")
+            port = parts.port or 80
+            entry = (_Pool(parts.hostname or "127.0.0.1", port, self.max_idle), f"{parts.hostname}:{port}".encode())
+            self._pools[base_url] = entry
+        return entry
+
+    async def request(self, method: str, base_url: str, path: str, body: bytes = b"",
+                      headers: Optional[dict[str, str]] = None, timeout: float = 300.0) -> HttpResponse:
+        """Send a request; return once the status line and headers arrived.
+
+        Raises:
+            HttpConnectionError / OSError: connecting or sending failed, or the server closed first.
+            asyncio.TimeoutError: no headers within `timeout`.
+        """
+        pool, host = self._pool(base_url)
+        head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"host: ", host, b"\r\ncontent-length: ",
+                str(len(body)).encode(), b"\r\n"]
+        for name, value in (headers or {}).items():
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        head.append(b"\r\n")
+        payload = b"".join(head) + body
+        for attempt in (0, 1):
+            conn = await pool.acquire(self.connect_timeout)
+            reused = conn.used > 0
+            conn.used += 1
+            response = HttpResponse(conn)
+            conn.response = response
+            conn.transport.write(payload)
+            try:
+                while not response.status and response._error is None:
+                    await response._wait(timeout)
+                if response._error is not None:
+                    raise response._error
+                return response
+            except HttpConnectionError:
+                conn.finish(reuse=False)
+                if reused and not response.received and attempt == 0:
+                    continue  # the server had closed this idle connection: once more on a fresh one
+                raise
+            except BaseException:
+                conn.finish(reuse=False)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for pool, _ in self._pools.values():
+            pool.close()
+        self._pools.clear()

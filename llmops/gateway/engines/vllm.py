@@ -1,0 +1,254 @@
+"""The `vllm` engine: an in-process vLLM `AsyncLLM`, one `LoRARequest` per registry adapter version.
+
+vLLM is the optional extra `llmops[gpu]`; this module imports it only in `VllmEngine.start()`, so it
+imports (and its pure parts are tested) without vLLM. The gateway keeps owning the chat template,
+stop strings and detokenization (`serving.py`), so vLLM gets token ids and returns token ids
+(`detokenize=False`, `RequestOutputKind.DELTA`): the same contract as the `transformers` engine.
+
+Adapters get stable integer ids (vLLM needs a globally unique `lora_int_id` per adapter): derived
+from the adapter's name, so a version keeps its id across restarts, with the next free id on a
+collision. Closing a `generate` iterator early aborts the request in vLLM (the client went away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional, Sequence
+
+from llmops.gateway.engines.base import GenerationRequest, SamplingParams, TokenEvent
+
+__all__ = ["LoraSlot", "LoraBook", "sampling_kwargs", "VllmEngine"]
+
+_log = logging.getLogger(__name__)
+_ID_SPACE = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class LoraSlot:
+    """What a `vllm.lora.request.LoRARequest` is built from."""
+
+    name: str
+    int_id: int
+    path: str
+
+
+class LoraBook:
+    """Adapter name -> (stable integer id, path); the bookkeeping behind vLLM's LoRARequests."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, LoraSlot] = {}
+        self._ids: set[int] = set()
+
+    def add(self, name: str, path: str | Path) -> LoraSlot:
+        """Register `name` (idempotent for the same path; a new path keeps the id, vLLM reloads it)."""
+        current = self._slots.get(name)
+        if current is not None:
+            if current.path != str(path):
+                current = LoraSlot(name, current.int_id, str(path))
+                self._slots[name] = current
+            return current
+        int_id = zlib.crc32(name.encode()) % _ID_SPACE + 1
+        while int_id in self._ids:
+            int_id = int_id % _ID_SPACE + 1
+        self._ids.add(int_id)
+        slot = LoraSlot(name, int_id, str(path))
+        self._slots[name] = slot
+        return slot
+
+    def get(self, name: str) -> LoraSlot:
+        """The slot of a loaded adapter.
+
+        Raises:
+            KeyError: `name` was never added.
+        """
+        return self._slots[name]
+
+    def remove(self, name: str) -> Optional[LoraSlot]:
+        """Forget `name` (its id is freed)."""
+        slot = self._slots.pop(name, None)
+        if slot is not None:
+            self._ids.discard(slot.int_id)
+        return slot
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._slots
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """Keyword arguments of `vllm.SamplingParams` for one choice of a gateway request.
+
+    Unset fields are left out (vLLM's defaults apply); temperature None means greedy, as for the
+    other engines (the serving layer already turned it into 1.0 for models that sample by default).
+    Detokenization and stop strings stay in the gateway.
+    """
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "max_tokens": params.max_tokens,
+        "temperature": 0.0 if params.temperature is None else float(params.temperature),
+        "ignore_eos": bool(params.ignore_eos),
+        "detokenize": False,
+        "skip_special_tokens": True,
+    }
+    if params.top_p is not None:
+        kwargs["top_p"] = float(params.top_p)
+    if params.top_k is not None and params.top_k > 0:
+        kwargs["top_k"] = int(params.top_k)
+    if params.repetition_penalty is not None:
+        kwargs["repetition_penalty"] = float(params.repetition_penalty)
+    if params.seed is not None:
+        kwargs["seed"] = int(params.seed)
+    if params.logprobs is not None:
+        kwargs["logprobs"] = int(params.logprobs)
+    return kwargs
+
+
+class VllmEngine:
+    """Serve one base model (a local folder or hub id) with vLLM's `AsyncLLM` and LoRA adapters.
+
+    Args:
+        source: Model folder or hub id.
+        revision: Hub revision.
+        dtype: `auto`, `bfloat16`, `float16`, `float32`.
+        max_loras: Adapters in one batch (`--max-loras`).
+        max_lora_rank: Largest adapter rank (`--max-lora-rank`).
+        gpu_memory_utilization: Share of GPU memory vLLM may take.
+        max_model_len: Context length (None: the model's).
+        engine_kwargs: More `AsyncEngineArgs` fields, passed as is.
+
+    Raises:
+        MissingExtraError: vLLM is not installed (`pip install 'llmops[gpu]'`).
+    """
+
+    def __init__(self, source: str, revision: Optional[str] = None, dtype: str = "auto", max_loras: int = 8,
+                 max_lora_rank: int = 64, gpu_memory_utilization: float = 0.9, max_model_len: Optional[int] = None,
+                 engine_kwargs: Optional[dict[str, Any]] = None):
+        self.source = source
+        self.revision = revision
+        self.options = dict(dtype=dtype, enable_lora=True, max_loras=max_loras, max_lora_rank=max_lora_rank,
+                            gpu_memory_utilization=gpu_memory_utilization, **(engine_kwargs or {}))
+        if max_model_len:
+            self.options["max_model_len"] = max_model_len
+        self.loras = LoraBook()
+        self.running = 0
+        self.aborted = 0
+        self._engine: Any = None
+        self.start()
+
+    def start(self) -> None:
+        """Import vLLM, load the tokenizer and start the engine."""
+        from llmops.extras import require
+
+        require("vllm", "the vllm engine (engine.kind: vllm)")
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.revision)
+        args = AsyncEngineArgs(model=self.source, revision=self.revision, tokenizer=self.source, **self.options)
+        self._engine = AsyncLLM.from_engine_args(args)
+        self.max_context = int(self._engine.model_config.max_model_len)
+        generation = getattr(self._engine.model_config, "get_diff_sampling_param", lambda: {})()
+        self.samples_by_default = bool(generation.get("temperature", 0))
+
+    # ------------------------------------------------------------------------------- tokenizer
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` under the model's chat template, with the generation prompt."""
+        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a plain prompt."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens skipped."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text, special tokens kept."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    # ------------------------------------------------------------------------------- generation
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the tokens of `request`; closing the iterator early aborts it in vLLM."""
+        import time
+
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import RequestOutputKind
+
+        params = VllmSamplingParams(output_kind=RequestOutputKind.DELTA, **sampling_kwargs(request.params))
+        lora = None
+        if request.adapter is not None:
+            slot = self.loras.get(request.adapter)
+            lora = LoRARequest(slot.name, slot.int_id, slot.path)
+        finished = False
+        self.running += 1
+        try:
+            stream = self._engine.generate({"prompt_token_ids": list(request.prompt_ids)}, params,
+                                           request.request_id, lora_request=lora)
+            async for output in stream:
+                completion = output.outputs[0]
+                ids = list(completion.token_ids)
+                now = time.time_ns()
+                for position, token_id in enumerate(ids):
+                    last = output.finished and position == len(ids) - 1
+                    logprob, top = None, ()
+                    if completion.logprobs and position < len(completion.logprobs):
+                        entry = completion.logprobs[position]
+                        chosen = entry.get(token_id)
+                        logprob = None if chosen is None else float(chosen.logprob)
+                        top = tuple(sorted(((t, float(lp.logprob)) for t, lp in entry.items()),
+                                           key=lambda item: -item[1]))
+                    finish = _finish_reason(completion.finish_reason) if last else None
+                    yield TokenEvent(int(token_id), logprob, top, finish, now)
+                if output.finished:
+                    finished = True
+                    if not ids:  # finished without a new token (rare): close the choice anyway
+                        yield TokenEvent(self.tokenizer.eos_token_id or 0, None, (),
+                                         _finish_reason(completion.finish_reason), now)
+                    return
+        finally:
+            self.running -= 1
+            if not finished:
+                self.aborted += 1
+                await self._engine.abort(request.request_id)
+
+    async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Not offered by this engine (serve an embedding model with `transformers`)."""
+        from llmops.gateway.errors import GatewayError
+
+        raise GatewayError(400, "embeddings are not supported by the vllm engine", param="model")
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Register a LoRA adapter; vLLM loads it on the first request that names it."""
+        from vllm.lora.request import LoRARequest
+
+        if name in self.loras:
+            return
+        slot = self.loras.add(name, path)
+        await self._engine.add_lora(LoRARequest(slot.name, slot.int_id, slot.path))
+
+    def stats(self) -> dict[str, int]:
+        """Counts: running requests, adapters registered, aborted requests."""
+        return {"running": self.running, "waiting": 0, "aborted": self.aborted, "adapters": len(self.loras)}
+
+    async def close(self) -> None:
+        """Shut the engine down."""
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.shutdown)
+            self._engine = None
+
+
+def _finish_reason(reason: Optional[str]) -> str:
+    return reason if reason in ("stop", "length", "abort") else "stop"
