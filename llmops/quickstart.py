@@ -2,8 +2,8 @@
 
 Steps: build and register the tiny base, register the prompt, fine-tune a LoRA adapter on the capital
 cities, evaluate base and adapter, promote through the gate, serve it behind the OpenAI-compatible
-gateway and call it with the official `openai` client, then check token drift of that traffic
-against the training data. Everything lands in one working directory (store, artifacts, reports);
+gateway and call it with the official `openai` client while it captures the traffic, then check token
+drift of that captured traffic against the training data. Everything lands in one working directory (store, artifacts, reports);
 running again there adds new versions.
 """
 
@@ -26,6 +26,7 @@ PROMPT_NAME = "capitals-qa"
 PROMPT_TEMPLATE = "What is the capital of {{ country }}?"
 MODEL_NAME = "quickstart"
 DEMO_COUNTRIES = ("France", "Japan", "Kenya", "Peru")
+OFF_TASK = ("Tell me a joke about databases.", "Translate 'good morning' into French, please.")
 
 
 @dataclass
@@ -111,8 +112,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve_and_ask(model: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """Start the gateway on 127.0.0.1, ask it with the openai client, stop it. Returns (answers, questions)."""
+def _serve_and_ask(model: str, traffic: Path) -> list[tuple[str, str]]:
+    """Start the gateway on 127.0.0.1 with traffic capture on, ask it with the openai client, stop it
+    (which flushes the capture). Returns (question, answer) pairs."""
     import uvicorn
     from openai import OpenAI
 
@@ -120,7 +122,8 @@ def _serve_and_ask(model: str) -> tuple[list[tuple[str, str]], list[str]]:
     from llmops.gateway.config import GatewayConfig
 
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(GatewayConfig(port=port)), host="127.0.0.1", port=port, log_level="warning"))
+    config = GatewayConfig(port=port, capture={"enabled": True, "path": str(traffic)})
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
@@ -130,38 +133,34 @@ def _serve_and_ask(model: str) -> tuple[list[tuple[str, str]], list[str]]:
         time.sleep(0.1)
     try:
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="quickstart")
-        answers, questions = [], []
+        answers = []
         for country in DEMO_COUNTRIES:  # the registry prompt, rendered by the gateway
             reply = client.chat.completions.create(
                 model=model, messages=[], max_tokens=8, temperature=0,
                 extra_body={"prompt": f"{PROMPT_NAME}@production", "variables": {"country": country}},
             )
-            questions.append(PROMPT_TEMPLATE.replace("{{ country }}", country))
-            answers.append((questions[-1], reply.choices[0].message.content or ""))
+            answers.append((PROMPT_TEMPLATE.replace("{{ country }}", country), reply.choices[0].message.content or ""))
         # Off-task questions too, so the traffic differs from the training data the way live traffic does.
-        for question in ("Tell me a joke about databases.", "Translate 'good morning' into French, please."):
+        for question in OFF_TASK:
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0)
-            questions.append(question)
             answers.append((question, reply.choices[0].message.content or ""))
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    return answers, questions
+    return answers
 
 
-def _traffic_drift(tokenizer_dir: Path, questions: list[str]) -> dict[str, Any]:
-    """Token drift of the questions sent to the gateway against the fine-tune's training questions."""
-    from transformers import AutoTokenizer
-
+def _traffic_drift(model: str, traffic: Path) -> dict[str, Any]:
+    """Token drift of the captured traffic of `model` against the fine-tune's training data."""
     from llmops.drift import token_drift
+    from llmops.drift.traffic import traffic_documents
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    rows = [json.loads(line) for line in _package_data("capitals.jsonl").read_text().splitlines() if line.strip()]
-    reference = [tokenizer(PROMPT_TEMPLATE.replace("{{ country }}", r["country"]), add_special_tokens=False)["input_ids"] for r in rows]
-    current = [tokenizer(q, add_special_tokens=False)["input_ids"] for q in questions]
-    result = token_drift(reference, current, vocab_size=len(tokenizer), tokenizer=tokenizer, permutations=200, backend="cpu")
-    return {"js_divergence_bits": round(result.js_divergence, 4), "p_value": result.js_p_value, "drift": result.drift}
+    docs = traffic_documents(model, _package_data("capitals.jsonl"), since="1h", capture_root=traffic,
+                             prompt=f"{PROMPT_NAME}@production")
+    result = token_drift(docs.reference, docs.current, vocab_size=len(docs.tokenizer), permutations=200, backend="cpu")
+    return {"requests": docs.records, "js_divergence_bits": round(result.js_divergence, 4),
+            "p_value": result.js_p_value, "drift": result.drift}
 
 
 def run_quickstart(workdir: str | Path, step: Callable[[str], Any]) -> QuickstartSummary:
@@ -199,9 +198,9 @@ def run_quickstart(workdir: str | Path, step: Callable[[str], Any]) -> Quickstar
         outcome = promote(MODEL_NAME, version, "production", suite_path, out=workdir / "reports" / "promote")
         summary.verdict, summary.promoted = outcome.verdict.verdict, outcome.moved
         summary.reports["gate"] = workdir / "reports" / "promote" / "report.html"
-    with step("serve and ask"):
-        served = f"{MODEL_NAME}@production" if summary.promoted else summary.candidate
-        summary.answers, questions = _serve_and_ask(served)
-    with step("drift check"):
-        summary.drift = _traffic_drift(workdir / "tiny", questions)
+    served = f"{MODEL_NAME}@production" if summary.promoted else summary.candidate
+    with step("serve, ask and capture the traffic"):
+        summary.answers = _serve_and_ask(served, workdir / "traffic")
+    with step("drift check on the captured traffic"):
+        summary.drift = _traffic_drift(served, workdir / "traffic")
     return summary

@@ -47,8 +47,9 @@ def _print_summary(summary, seconds: float) -> None:
         ("fine-tuned", summary.candidate),
         ("exact match", f"{before} (base) -> {after} (adapter)"),
         ("gate", f"{summary.verdict}; " + ("promoted to quickstart@production" if summary.promoted else "alias unchanged")),
-        ("drift", f"token JS divergence {summary.drift.get('js_divergence_bits')} bits, "
-                  f"p={summary.drift.get('p_value')}, drift={'yes' if summary.drift.get('drift') else 'no'}"),
+        ("drift", f"{summary.drift.get('requests')} captured requests: token JS divergence "
+                  f"{summary.drift.get('js_divergence_bits')} bits, p={summary.drift.get('p_value') or float('nan'):.3g}, "
+                  f"drift={'yes' if summary.drift.get('drift') else 'no'}"),
     ]
     for name, value in rows:
         table.add_row(f"[bold]{name}[/bold]", str(value))
