@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Launch one vLLM replica of the fleet behind `engine.kind: upstream` (serving/gateway-upstream.yaml).
+# Launch one vLLM replica of the fleet behind `engine.kind: upstream` (serving/gateway.vllm.yaml).
 #
 # What the gateway's upstream engine relies on:
 #   - the base model served under its *registry version ref* (`--served-model-name tiny/1`, never an
