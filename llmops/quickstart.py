@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -106,33 +103,18 @@ def _ensure_prompt() -> str:
     return registry.register_prompt(PROMPT_NAME, PROMPT_TEMPLATE, commit_message="quickstart", alias="production").ref
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _serve_and_ask(model: str, traffic: Path) -> list[tuple[str, str]]:
     """Start the gateway on 127.0.0.1 with traffic capture on, ask it with the openai client, stop it
     (which flushes the capture). Returns (question, answer) pairs."""
-    import uvicorn
     from openai import OpenAI
 
     from llmops.gateway.app import create_app
     from llmops.gateway.config import GatewayConfig
+    from llmops.gateway.server import BackgroundServer
 
-    port = _free_port()
-    config = GatewayConfig(port=port, capture={"enabled": True, "path": str(traffic)})
-    server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.1)
-    try:
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="quickstart")
+    config = GatewayConfig(capture={"enabled": True, "path": str(traffic)})
+    with BackgroundServer(create_app(config)) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="quickstart")
         answers = []
         for country in DEMO_COUNTRIES:  # the registry prompt, rendered by the gateway
             reply = client.chat.completions.create(
@@ -145,9 +127,6 @@ def _serve_and_ask(model: str, traffic: Path) -> list[tuple[str, str]]:
             reply = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0)
             answers.append((question, reply.choices[0].message.content or ""))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     return answers
 
 

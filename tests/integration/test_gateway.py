@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -46,10 +45,10 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
 def gateway(_template_store, tiny_model_path, tmp_path_factory):
     """A running gateway: tiny@production (base), capitals@production (adapter v1; v2 registered), a prompt."""
     import torch
-    import uvicorn
 
     from llmops import registry
     from llmops.gateway import GatewayConfig, create_app
+    from llmops.gateway.server import BackgroundServer
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("gateway")
@@ -72,17 +71,10 @@ def gateway(_template_store, tiny_model_path, tmp_path_factory):
                            tracing={"flush_interval": 0.2, "experiment": "gateway-test"},
                            limits={"max_body_bytes": 4096, "max_tokens": 400, "default_max_tokens": 16})
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    base_url = f"http://127.0.0.1:{port}"
+    server = BackgroundServer(app, port=port).start()
+    base_url = server.url
     yield {"url": base_url, "app": app, "folder": folder}
-    server.should_exit = True
-    thread.join(30)
+    server.stop()
     patch.undo()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import threading
 import time
 
 import pytest
@@ -45,12 +44,12 @@ def logs():
 @pytest.fixture(scope="module")
 def gateway(_template_store, tiny_model_path, tmp_path_factory, logs):
     import torch
-    import uvicorn
     import yaml
 
     from llmops import registry
     from llmops.config import load_config
     from llmops.gateway import GatewayConfig, create_app
+    from llmops.gateway.server import BackgroundServer
     from llmops.gateway.auth import hash_key
 
     torch.set_num_threads(1)
@@ -79,16 +78,9 @@ def gateway(_template_store, tiny_model_path, tmp_path_factory, logs):
     config = load_config(config_file, GatewayConfig)
     assert config.capture.path == folder / "traffic"  # relative to the config file
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "app": app, "folder": folder, "config": config_file}
-    server.should_exit = True
-    thread.join(30)
+    server = BackgroundServer(app, port=port).start()
+    yield {"url": server.url, "app": app, "folder": folder, "config": config_file}
+    server.stop()
     patch.undo()
 
 

@@ -115,10 +115,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def gateway(receiver, _template_store, tiny_model_path, tmp_path_factory):
     import torch
-    import uvicorn
 
     from llmops import registry
     from llmops.gateway import GatewayConfig, create_app
+    from llmops.gateway.server import BackgroundServer
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("gateway-langsmith")
@@ -133,16 +133,9 @@ def gateway(receiver, _template_store, tiny_model_path, tmp_path_factory):
     config = GatewayConfig(port=port, models=None, tracing={"flush_interval": 0.1, "experiment": "gateway-test"},
                            limits={"default_max_tokens": 8})
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "app": app}
-    server.should_exit = True
-    thread.join(30)
+    server = BackgroundServer(app, port=port).start()
+    yield {"url": server.url, "app": app}
+    server.stop()
     patch.undo()
 
 
