@@ -79,10 +79,11 @@ class ModelVersion:
         return self.tags.get(TAG_DIGEST)
 
     def local_path(self) -> Path:
-        """A local folder holding this version's files (downloading artifacts when remote).
+        """A local folder holding this version's files (downloading artifacts from a remote store).
 
-        For a base model referenced by hub id, returns the hub id as a Path-like string is not
-        possible: raises RegistryError, since llmops never downloads weights itself.
+        Raises:
+            RegistryError: the version is a base referenced by hub id (llmops never downloads
+                weights itself; load it through transformers with its revision), or its folder is gone.
         """
         if self.kind == KIND_BASE and not _is_local_source(self.source):
             raise RegistryError(
