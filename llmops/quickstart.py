@@ -9,7 +9,6 @@ running again there adds new versions.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

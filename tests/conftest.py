@@ -58,6 +58,32 @@ def snapshot(store):
 
 
 @pytest.fixture(scope="session")
+def tiny_store(_template_store, tiny_model_path):
+    """For module-scoped fixtures: `with tiny_store(folder) as db:` makes `folder` the working directory,
+    with a fresh embedded store (MLFLOW_TRACKING_URI) holding the tiny base as `tiny@production`, until
+    the block ends."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def open_store(folder: Path):
+        from llmops import registry
+
+        db = folder / "mlflow.db"
+        shutil.copy(_template_store, db)
+        patch = pytest.MonkeyPatch()
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+        try:
+            registry.register_base_model("tiny", tiny_model_path)
+            registry.set_model_alias("tiny", "production", 1)
+            yield db
+        finally:
+            patch.undo()
+
+    return open_store
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """The tiny base model, built once per test session."""
     from llmops.tiny_model import create_tiny_model

@@ -246,6 +246,31 @@ async def _until_disconnect(request: Request, work: Any, timeout: float) -> Any:
 # --------------------------------------------------------------------------------------------- app
 
 
+@asynccontextmanager
+async def _deadline(seconds: float):
+    """`asyncio.timeout` for Python 3.10: cancel the current task after `seconds`, raise TimeoutError."""
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = loop.call_later(seconds, fire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired:
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
+
+
+_timeout = getattr(asyncio, "timeout", None) or _deadline
+
+
 def create_app(config: Optional[GatewayConfig] = None) -> Any:
     """The gateway as an ASGI app; models load when the app starts (lifespan).
 
@@ -329,15 +354,15 @@ def create_app(config: Optional[GatewayConfig] = None) -> Any:
     async def _streamed(ctx: RequestContext, events: AsyncIterator[str], prepared: Any,
                         body: Any) -> AsyncIterator[str]:
         gateway.metrics.running.labels(*ctx.labels).inc()
-        status, error, text = 200, None, []
+        status, error = 200, None
         try:
-            async with asyncio.timeout(config.limits.request_timeout):
+            async with _timeout(config.limits.request_timeout):
                 async for item in events:
                     yield item
         except (asyncio.CancelledError, GeneratorExit):
             status, error = 499, "client disconnected"
             raise
-        except TimeoutError:
+        except asyncio.TimeoutError:
             status, error = 504, "timeout"
             yield responses.sse(error_body(504, "the request timed out and was cancelled", code="timeout"))
         finally:

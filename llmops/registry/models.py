@@ -287,8 +287,6 @@ def register_adapter(
     Raises:
         RegistryError / NotFoundError: invalid name, missing files, unknown base.
     """
-    import mlflow
-
     check_name(name, "model name")
     if alias is not None:
         check_alias(alias)

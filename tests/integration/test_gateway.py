@@ -7,9 +7,6 @@ client sees: texts, usage, headers, error shapes, metrics, and the traces left i
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -20,12 +17,6 @@ httpx = pytest.importorskip("httpx")
 
 REQUESTS_WITH_TRACES: list[str] = []  # x-request-id of requests whose traces a test checks
 TRACE_IDS: dict[str, str] = {}  # x-request-id -> x-llmops-trace-id
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
@@ -42,7 +33,7 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(_template_store, tiny_model_path, tmp_path_factory):
+def gateway(tiny_store, tiny_model_path, tmp_path_factory):
     """A running gateway: tiny@production (base), capitals@production (adapter v1; v2 registered), a prompt."""
     import torch
 
@@ -52,30 +43,22 @@ def gateway(_template_store, tiny_model_path, tmp_path_factory):
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("gateway")
-    db = folder / "mlflow.db"
-    shutil.copy(_template_store, db)
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    registry.register_base_model("tiny", tiny_model_path)
-    registry.set_model_alias("tiny", "production", 1)
-    for seed in (1, 2):
-        adapter = make_adapter(tiny_model_path, folder / f"adapter{seed}", seed)
-        registry.register_adapter("capitals", adapter, base="tiny/1", alias="production" if seed == 1 else None)
-    registry.register_prompt("capital-qa", [
-        {"role": "system", "content": "You answer with one word."},
-        {"role": "user", "content": "What is the capital of {{ country }}?"},
-    ], alias="production", model_config={"temperature": 0.0})
-    port = _free_port()
-    config = GatewayConfig(port=port, models=None, refresh_interval=0.5,
-                           tracing={"flush_interval": 0.2, "experiment": "gateway-test"},
-                           limits={"max_body_bytes": 4096, "max_tokens": 400, "default_max_tokens": 16})
-    app = create_app(config)
-    server = BackgroundServer(app, port=port).start()
-    base_url = server.url
-    yield {"url": base_url, "app": app, "folder": folder}
-    server.stop()
-    patch.undo()
+    with tiny_store(folder):
+        for seed in (1, 2):
+            adapter = make_adapter(tiny_model_path, folder / f"adapter{seed}", seed)
+            registry.register_adapter("capitals", adapter, base="tiny/1", alias="production" if seed == 1 else None)
+        registry.register_prompt("capital-qa", [
+            {"role": "system", "content": "You answer with one word."},
+            {"role": "user", "content": "What is the capital of {{ country }}?"},
+        ], alias="production", model_config={"temperature": 0.0})
+        config = GatewayConfig(models=None, refresh_interval=0.5,
+                               tracing={"flush_interval": 0.2, "experiment": "gateway-test"},
+                               limits={"max_body_bytes": 4096, "max_tokens": 400, "default_max_tokens": 16})
+        app = create_app(config)
+        server = BackgroundServer(app).start()
+        base_url = server.url
+        yield {"url": base_url, "app": app, "folder": folder}
+        server.stop()
 
 
 @pytest.fixture(scope="module")

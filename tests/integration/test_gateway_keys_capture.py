@@ -5,8 +5,6 @@ client got, and no plain key anywhere (config, logs, traces, captured traffic)."
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
 import time
 
 import pytest
@@ -16,12 +14,6 @@ httpx = pytest.importorskip("httpx")
 
 KEYS = {"full": "sk-inproc-full-7f3a", "narrow": "sk-inproc-narrow-91bc", "slow": "sk-inproc-slow-44de"}
 MESSAGES = [{"role": "user", "content": "What is the capital of Peru?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +34,10 @@ def logs():
 
 
 @pytest.fixture(scope="module")
-def gateway(_template_store, tiny_model_path, tmp_path_factory, logs):
+def gateway(tiny_store, tmp_path_factory, logs):
     import torch
     import yaml
 
-    from llmops import registry
     from llmops.config import load_config
     from llmops.gateway import GatewayConfig, create_app
     from llmops.gateway.server import BackgroundServer
@@ -54,34 +45,26 @@ def gateway(_template_store, tiny_model_path, tmp_path_factory, logs):
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("keys")
-    db = folder / "mlflow.db"
-    shutil.copy(_template_store, db)
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    registry.register_base_model("tiny", tiny_model_path)
-    registry.set_model_alias("tiny", "production", 1)
-    port = _free_port()
-    config_file = folder / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump({
-        "kind": "gateway", "port": port, "models": ["tiny@production", "tiny/1"],
-        "tracing": {"flush_interval": 0.1, "experiment": "keys-test"},
-        "limits": {"default_max_tokens": 8},
-        "capture": {"enabled": True, "path": "traffic", "text": True, "flush_interval": 0.1},
-        "auth": {"enabled": True, "metrics_require_key": True, "keys": [
-            {"id": "team-full", "sha256": hash_key(KEYS["full"])},
-            {"id": "team-narrow", "sha256": hash_key(KEYS["narrow"]), "models": ["tiny/*"]},
-            {"id": "team-slow", "sha256": hash_key(KEYS["slow"]), "requests_per_minute": 60,
-             "tokens_per_minute": 10},
-        ]},
-    }))
-    config = load_config(config_file, GatewayConfig)
-    assert config.capture.path == folder / "traffic"  # relative to the config file
-    app = create_app(config)
-    server = BackgroundServer(app, port=port).start()
-    yield {"url": server.url, "app": app, "folder": folder, "config": config_file}
-    server.stop()
-    patch.undo()
+    with tiny_store(folder):
+        config_file = folder / "gateway.yaml"
+        config_file.write_text(yaml.safe_dump({
+            "kind": "gateway", "models": ["tiny@production", "tiny/1"],
+            "tracing": {"flush_interval": 0.1, "experiment": "keys-test"},
+            "limits": {"default_max_tokens": 8},
+            "capture": {"enabled": True, "path": "traffic", "text": True, "flush_interval": 0.1},
+            "auth": {"enabled": True, "metrics_require_key": True, "keys": [
+                {"id": "team-full", "sha256": hash_key(KEYS["full"])},
+                {"id": "team-narrow", "sha256": hash_key(KEYS["narrow"]), "models": ["tiny/*"]},
+                {"id": "team-slow", "sha256": hash_key(KEYS["slow"]), "requests_per_minute": 60,
+                 "tokens_per_minute": 10},
+            ]},
+        }))
+        config = load_config(config_file, GatewayConfig)
+        assert config.capture.path == folder / "traffic"  # relative to the config file
+        app = create_app(config)
+        server = BackgroundServer(app).start()
+        yield {"url": server.url, "app": app, "folder": folder, "config": config_file}
+        server.stop()
 
 
 def _client(gateway, key="full"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -97,22 +96,15 @@ def _serve_in_thread(app, port: int):
 
 
 @pytest.fixture(scope="module")
-def registry_folder(_template_store, tiny_model_path, tmp_path_factory):
+def registry_folder(tiny_store, tiny_model_path, tmp_path_factory):
     """A store with tiny@production (base) and capitals@production (an adapter of it)."""
     from llmops import registry
 
     folder = tmp_path_factory.mktemp("upstream")
-    db = folder / "mlflow.db"
-    shutil.copy(_template_store, db)
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    registry.register_base_model("tiny", tiny_model_path)
-    registry.set_model_alias("tiny", "production", 1)
-    registry.register_adapter("capitals", _make_adapter(tiny_model_path, folder / "adapter", 1), base="tiny/1",
-                              alias="production")
-    yield folder
-    patch.undo()
+    with tiny_store(folder):
+        registry.register_adapter("capitals", _make_adapter(tiny_model_path, folder / "adapter", 1), base="tiny/1",
+                                  alias="production")
+        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ that records the runs, from a real gateway (tiny model, openai client) and from 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,37 +104,22 @@ def receiver():
     server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def gateway(receiver, _template_store, tiny_model_path, tmp_path_factory):
+def gateway(receiver, tiny_store, tmp_path_factory):
     import torch
 
-    from llmops import registry
     from llmops.gateway import GatewayConfig, create_app
     from llmops.gateway.server import BackgroundServer
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("gateway-langsmith")
-    db = folder / "mlflow.db"
-    shutil.copy(_template_store, db)
-    patch = pytest.MonkeyPatch()
-    patch.chdir(folder)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    registry.register_base_model("tiny", tiny_model_path)
-    registry.set_model_alias("tiny", "production", 1)
-    port = _free_port()
-    config = GatewayConfig(port=port, models=None, tracing={"flush_interval": 0.1, "experiment": "gateway-test"},
-                           limits={"default_max_tokens": 8})
-    app = create_app(config)
-    server = BackgroundServer(app, port=port).start()
-    yield {"url": server.url, "app": app}
-    server.stop()
-    patch.undo()
+    with tiny_store(folder):
+        config = GatewayConfig(models=None, tracing={"flush_interval": 0.1, "experiment": "gateway-test"},
+                               limits={"default_max_tokens": 8})
+        app = create_app(config)
+        server = BackgroundServer(app).start()
+        yield {"url": server.url, "app": app}
+        server.stop()
 
 
 def test_gateway_request_becomes_a_langsmith_run_tree(receiver, gateway):
