@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Optional, Protocol, Sequence, runtime_checkable
 
-__all__ = ["SamplingParams", "GenerationRequest", "TokenEvent", "Engine"]
+__all__ = ["SamplingParams", "GenerationRequest", "TokenEvent", "Engine", "HFTokenizerMixin"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,35 @@ class Engine(Protocol):
 
     async def close(self) -> None:
         """Stop the engine and free its model."""
+
+
+class HFTokenizerMixin:
+    """The tokenizer half of the Engine protocol for engines holding a Hugging Face `self.tokenizer`."""
+
+    tokenizer: object
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of `messages` under the model's chat template, with the generation prompt."""
+        from llmops.errors import LlmopsError
+
+        if not getattr(self.tokenizer, "chat_template", None):
+            name = getattr(self, "model_path", None) or getattr(self, "source", "the model")
+            raise LlmopsError(f"{name} has no chat template; use /v1/completions")
+        try:
+            ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
+                                                     return_dict=False)
+        except Exception as error:  # the template rejected the messages (e.g. an unsupported role)
+            raise LlmopsError(f"messages: the model's chat template rejected them: {error}") from None
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a plain prompt (with the tokenizer's special tokens, e.g. BOS)."""
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens skipped."""
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text (special tokens kept, so logprobs name them)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
-from llmops.gateway.engines.base import GenerationRequest, TokenEvent
+from llmops.gateway.engines.base import GenerationRequest, HFTokenizerMixin, TokenEvent
 
 __all__ = ["TransformersEngine"]
 
@@ -24,7 +24,7 @@ _log = logging.getLogger(__name__)
 _STOP = object()
 
 
-class TransformersEngine:
+class TransformersEngine(HFTokenizerMixin):
     """Serve `model_path` (a Hugging Face model folder) with transformers and peft.
 
     Args:
@@ -71,35 +71,6 @@ class TransformersEngine:
         self._batch = RunningBatch(self.model, self.device, int(pad), self.eos_ids, self.max_context)
         self._thread = threading.Thread(target=self._run, name=f"engine:{self.model_path.name}", daemon=True)
         self._thread.start()
-
-    # --------------------------------------------------------------------------------- tokenizer
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of `messages` under the model's chat template, with the generation prompt."""
-        from llmops.errors import LlmopsError
-
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise LlmopsError(f"{self.model_path} has no chat template; use /v1/completions")
-        try:
-            ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                     return_dict=False)
-        except Exception as error:  # the template rejected the messages (e.g. an unsupported role)
-            raise LlmopsError(f"messages: the model's chat template rejected them: {error}") from None
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a plain prompt (with the tokenizer's special tokens, e.g. BOS)."""
-        return list(self.tokenizer(text)["input_ids"])
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of `token_ids`, special tokens skipped."""
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
-    def token_text(self, token_id: int) -> str:
-        """One token's text (special tokens kept, so logprobs name them)."""
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     @property
     def samples_by_default(self) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional, Sequence
 
-from llmops.gateway.engines.base import GenerationRequest, SamplingParams, TokenEvent
+from llmops.gateway.engines.base import GenerationRequest, HFTokenizerMixin, SamplingParams, TokenEvent
 
 __all__ = ["LoraSlot", "LoraBook", "sampling_kwargs", "VllmEngine"]
 
@@ -109,7 +109,7 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     return kwargs
 
 
-class VllmEngine:
+class VllmEngine(HFTokenizerMixin):
     """Serve one base model (a local folder or hub id) with vLLM's `AsyncLLM` and LoRA adapters.
 
     Args:
@@ -156,26 +156,6 @@ class VllmEngine:
         self.max_context = int(self._engine.model_config.max_model_len)
         generation = getattr(self._engine.model_config, "get_diff_sampling_param", lambda: {})()
         self.samples_by_default = bool(generation.get("temperature", 0))
-
-    # ------------------------------------------------------------------------------- tokenizer
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of `messages` under the model's chat template, with the generation prompt."""
-        ids = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a plain prompt."""
-        return list(self.tokenizer(text)["input_ids"])
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of `token_ids`, special tokens skipped."""
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-
-    def token_text(self, token_id: int) -> str:
-        """One token's text, special tokens kept."""
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
     # ------------------------------------------------------------------------------- generation
 
