@@ -1,0 +1,172 @@
+"""Real services for integration tests: Redis, a throwaway PostgreSQL cluster, an `mlflow server`.
+
+Each launcher is a context manager that starts the real program on 127.0.0.1 on a free port, waits until
+it answers, yields how to reach it, and stops it (and removes its data) at the end. A program that is
+not installed skips the test with the Debian package to install (`.ci/run` installs them in CI).
+
+    with redis_server() as url:                 # "redis://127.0.0.1:PORT/0"
+    with postgres_database() as uri:            # "postgresql://llmops@127.0.0.1:PORT/llmops"
+    with mlflow_server(backend_uri, tmp) as s:  # s.url, s.artifact_root; artifacts="proxied" | "shared"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pytest
+
+__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _program(name: str, package: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    if not found:
+        pytest.skip(f"{name} is not installed (apt-get install -y {package})")
+    return found
+
+
+def _wait(ready: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode} before it was ready")
+        with contextlib.suppress(Exception):
+            if ready():
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _port_open(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A `redis-server` without persistence; yields its URL (`redis://127.0.0.1:PORT/0`)."""
+    binary = _program("redis-server", "redis-server")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: _port_open(port), process, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(process)
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root: run its programs as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@contextlib.contextmanager
+def postgres_database(name: str = "llmops") -> Iterator[str]:
+    """A throwaway PostgreSQL cluster in a temporary folder (initdb + pg_ctl) with one database `name`
+    owned by user `llmops` (trust auth on 127.0.0.1). Yields `postgresql://llmops@127.0.0.1:PORT/NAME`."""
+    initdb, pg_ctl = _program("initdb", "postgresql"), _program("pg_ctl", "postgresql")
+    psql = _program("psql", "postgresql")
+    folder = Path(tempfile.mkdtemp(prefix="llmops-pg-"))
+    data = folder / "data"
+    port = free_port()
+    sudo = _as_postgres_user()
+    if sudo:
+        shutil.chown(folder, "postgres", "postgres")
+    subprocess.run([*sudo, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*sudo, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for statement in ("CREATE USER llmops", f"CREATE DATABASE {name} OWNER llmops"):
+            subprocess.run([psql, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", statement],
+                           check=True, stdout=subprocess.DEVNULL)
+        yield f"postgresql://llmops@127.0.0.1:{port}/{name}"
+    finally:
+        subprocess.run([*sudo, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass
+class MlflowServer:
+    """A running `mlflow server`: its URL and where its artifacts live on disk."""
+
+    url: str
+    artifact_root: Path
+    log: Path
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, folder: Path, artifacts: str = "proxied",
+                  workers: int = 1) -> Iterator[MlflowServer]:
+    """`mlflow server` over `backend_uri` (sqlite:///… or postgresql://…).
+
+    artifacts="proxied": `--artifacts-destination` (clients upload through the server, `mlflow-artifacts:/`);
+    artifacts="shared": `--no-serve-artifacts` with `--default-artifact-root` a folder every client reads.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder / "artifacts"
+    root.mkdir(exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", backend_uri, "--workers", str(workers)]
+    if artifacts == "proxied":
+        command += ["--artifacts-destination", str(root)]
+    elif artifacts == "shared":
+        command += ["--no-serve-artifacts", "--default-artifact-root", str(root)]
+    else:
+        raise ValueError(f"artifacts must be 'proxied' or 'shared', not {artifacts!r}")
+    log = folder / "mlflow-server.log"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(lambda: urllib.request.urlopen(f"{url}/health", timeout=1).status == 200, process,
+              f"mlflow server (log: {log})", timeout=120)
+        yield MlflowServer(url=url, artifact_root=root, log=log)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def optional_program(name: str) -> Optional[str]:
+    """The path of `name` when installed (PATH or PostgreSQL's bin folder), else None."""
+    return shutil.which(name) or next(iter(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")), None)
