@@ -40,7 +40,7 @@ from llmops.gateway.protocol import (
     ModelList,
     UsageInfo,
 )
-from llmops.gateway.ratelimit import RateLimiter, RateLimitExceeded
+from llmops.gateway.ratelimit import RateLimitExceeded, create_rate_limiter
 from llmops.gateway.serving import CompletionService, RequestContext, new_request_id
 
 __all__ = ["create_app", "Gateway"]
@@ -59,9 +59,8 @@ class Gateway:
         self.service: Any = None
         self.capture: Any = None
         self.keys = KeyChecker(config.auth)
-        self.limiter = RateLimiter()
-        for key in config.auth.keys:
-            self.limiter.configure(key.id, key.requests_per_minute, key.tokens_per_minute)
+        self.limiter = create_rate_limiter(config.auth)
+        self._settling: set = set()
 
     async def start(self) -> None:
         """Open the tracer, load the configured models, start the registry refresher."""
@@ -91,6 +90,7 @@ class Gateway:
             await asyncio.to_thread(self.tracer.close)
         if self.capture is not None:
             await asyncio.to_thread(self.capture.close)
+        await self.limiter.close()
 
     # ------------------------------------------------------------------------------------- keys
 
@@ -103,13 +103,13 @@ class Gateway:
                 ctx.trace.set_tag("llmops.key_id", key.id)
         return key
 
-    def admit(self, key: Optional[ApiKeyConfig], model: str, ctx: RequestContext) -> None:
+    async def admit(self, key: Optional[ApiKeyConfig], model: str, ctx: RequestContext) -> None:
         """Check `key`'s scope for `model` (403) and its rate limits (429 with Retry-After)."""
         if key is None:
             return
         self.keys.check_scope(key, model)
         try:
-            self.limiter.admit(key.id)
+            ctx.reservation = await self.limiter.admit(key.id, 0)
         except RateLimitExceeded as error:
             ctx.headers["retry-after"] = str(error.retry_after)
             raise
@@ -129,8 +129,11 @@ class Gateway:
 
     def finish(self, ctx: RequestContext, status: int, error: Optional[str] = None, outputs: Any = None,
                inputs: Any = None) -> None:
-        if ctx.key_id is not None:
-            self.limiter.record_tokens(ctx.key_id, ctx.prompt_tokens + ctx.completion_tokens)
+        reservation = getattr(ctx, "reservation", None)
+        if reservation is not None:  # settled off the request path; the set keeps the task alive
+            task = asyncio.ensure_future(reservation.settle(ctx.prompt_tokens + ctx.completion_tokens))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
         m, labels = self.metrics, ctx.labels
         latency = time.perf_counter() - ctx.arrival
         m.requests.labels(*labels, ctx.endpoint, str(status)).inc()
@@ -316,7 +319,7 @@ def create_app(config: Optional[GatewayConfig] = None) -> Any:
         try:
             key = gateway.authenticate(request, ctx)
             body = _parse(model_cls, await _read_json(request, limit))
-            gateway.admit(key, body.model, ctx)
+            await gateway.admit(key, body.model, ctx)
             service = gateway.service
             if endpoint == "chat.completions":
                 prepared = await service.prepare_chat(body, ctx)
@@ -385,7 +388,7 @@ def create_app(config: Optional[GatewayConfig] = None) -> Any:
         try:
             key = gateway.authenticate(request, ctx)
             body = _parse(EmbeddingRequest, await _read_json(request, limit))
-            gateway.admit(key, body.model, ctx)
+            await gateway.admit(key, body.model, ctx)
             route = await gateway.service._resolve(body.model, ctx)
             texts = _embedding_texts(body, route.engine)
             started = time.time_ns()

@@ -81,6 +81,16 @@ class AuthConfig(ConfigModel):
     """Also require a key (any configured key) for `/metrics`."""
     keys: list[ApiKeyConfig] = []
     """The accepted keys."""
+    rate_limit_store: Optional[str] = None
+    """Where rate limits live: unset keeps them per gateway process; `redis://HOST:PORT/DB` makes every
+    gateway pointing at that Redis share one budget per key (see "Shared rate limits" in the README)."""
+
+    @field_validator("rate_limit_store")
+    @classmethod
+    def _is_redis_url(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("rate_limit_store must be a Redis URL: redis://HOST:PORT/DB (or rediss://, unix://)")
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> "AuthConfig":

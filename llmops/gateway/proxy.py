@@ -32,7 +32,7 @@ from llmops.gateway.auth import AuthConfig, KeyChecker
 from llmops.gateway.capture import CaptureWriter
 from llmops.gateway.engines.upstream import ReplicaPool, UpstreamConfig
 from llmops.gateway.errors import GatewayError, error_body, from_exception
-from llmops.gateway.ratelimit import RateLimiter, RateLimitExceeded
+from llmops.gateway.ratelimit import RateLimitExceeded, create_rate_limiter
 from llmops.gateway.serving import new_request_id
 
 __all__ = ["UpstreamRoute", "RegistryResolver", "UpstreamProxy"]
@@ -142,9 +142,8 @@ class UpstreamProxy:
         self.pool = ReplicaPool(upstream)
         self.resolver = resolver
         self.keys = KeyChecker(auth or AuthConfig())
-        self.limiter = RateLimiter()
-        for key in (auth.keys if auth else []):
-            self.limiter.configure(key.id, key.requests_per_minute, key.tokens_per_minute)
+        self.limiter = create_rate_limiter(auth or AuthConfig())
+        self._settling: set = set()
         self._has_token_limits = any(k.tokens_per_minute for k in (auth.keys if auth else []))
         self.capture = capture
         self.metrics = metrics
@@ -179,6 +178,7 @@ class UpstreamProxy:
             await asyncio.to_thread(self.capture.close)
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
+        await self.limiter.close()
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         kind = scope["type"]
@@ -254,6 +254,7 @@ class UpstreamProxy:
         headers = [(b"x-request-id", request_id.encode())]
         labels = ("", "")
         key_id = None
+        reservation = None
         self.in_flight += 1
         try:
             key = self.keys.authenticate(_header(scope, b"authorization"))
@@ -271,7 +272,7 @@ class UpstreamProxy:
                                    code="missing_required_parameter")
             self.keys.check_scope(key, model)
             if key_id is not None:
-                self.limiter.admit(key_id)
+                reservation = await self.limiter.admit(key_id, _reserve(body, raw))
             route = await self.resolver.route(model)
             labels = route.labels
             headers.append((b"x-llmops-model-version", route.version_ref.encode()))
@@ -288,7 +289,7 @@ class UpstreamProxy:
                 raw = orjson.dumps(body)
             if stream:
                 return await self._stream(scope, receive, send, path, raw, route, headers, request_id, key_id,
-                                          body, arrival, arrival_wall, needs_usage)
+                                          body, arrival, arrival_wall, needs_usage, reservation)
             reply = await self.pool.send(path, raw, False, route.adapter, request_id)
             headers.append((b"content-type", reply.headers.get("content-type", "application/json").encode()))
             headers.append((b"content-length", str(len(reply.body)).encode()))
@@ -297,25 +298,26 @@ class UpstreamProxy:
             usage = None
             if needs_usage or self.metrics is not None:
                 usage = _usage(reply.body) if reply.status == 200 else None
-            self._finish(endpoint, labels, reply.status, arrival, usage, key_id, request_id, route)
+            self._finish(endpoint, labels, reply.status, arrival, usage, reservation, request_id, route, key_id=key_id)
             if capture and reply.status == 200:
                 self._capture(request_id, key_id, endpoint, model, route, body, reply.body, False,
                               arrival_wall, time.perf_counter() - arrival, None)
         except GatewayError as error:
             extra = [(b"retry-after", str(error.retry_after).encode())] if isinstance(error, RateLimitExceeded) else []
             await _send_json(send, error.status, error.body(), headers + extra)
-            self._finish(endpoint, labels, error.status, arrival, None, None, request_id, None, error.message)
+            self._finish(endpoint, labels, error.status, arrival, None, reservation, request_id, None, error.message)
         except Exception as error:  # a bug: log it, answer 500 in OpenAI's shape
             _log.exception("request %s failed", request_id)
             failure = from_exception(error)
             await _send_json(send, failure.status, failure.body(), headers)
-            self._finish(endpoint, labels, failure.status, arrival, None, None, request_id, None, failure.message)
+            self._finish(endpoint, labels, failure.status, arrival, None, reservation, request_id, None,
+                         failure.message)
         finally:
             self.in_flight -= 1
 
     async def _stream(self, scope: dict, receive: Callable, send: Callable, path: str, raw: bytes,
                       route: UpstreamRoute, headers: list, request_id: str, key_id: Optional[str], body: dict,
-                      arrival: float, arrival_wall: float, keep: bool) -> None:
+                      arrival: float, arrival_wall: float, keep: bool, reservation: Any = None) -> None:
         endpoint = _GENERATION_PATHS[path]
         reply = await self.pool.send(path, raw, True, route.adapter, request_id)
         response = reply.response
@@ -357,18 +359,20 @@ class UpstreamProxy:
         status = 499 if disconnected else 502 if failed else reply.status
         data = b"".join(chunks) if keep else b""
         usage = _stream_usage(data) if keep and reply.status == 200 else None
-        self._finish(endpoint, route.labels, status, arrival, usage, key_id, request_id, route,
-                     ttft=None if first is None else first - arrival)
+        self._finish(endpoint, route.labels, status, arrival, usage, reservation, request_id, route,
+                     ttft=None if first is None else first - arrival, key_id=key_id)
         if self.capture is not None and reply.status == 200:
             ttft = None if first is None else first - arrival
             self._capture(request_id, key_id, endpoint, body.get("model"), route, body, data, True, arrival_wall,
                           time.perf_counter() - arrival, ttft)
 
     def _finish(self, endpoint: str, labels: tuple, status: int, arrival: float, usage: Optional[tuple],
-                key_id: Optional[str], request_id: str = "", route: Optional[UpstreamRoute] = None,
-                error: Optional[str] = None, ttft: Optional[float] = None) -> None:
-        if usage is not None and key_id is not None:
-            self.limiter.record_tokens(key_id, usage[0] + usage[1])
+                reservation: Any, request_id: str = "", route: Optional[UpstreamRoute] = None,
+                error: Optional[str] = None, ttft: Optional[float] = None, key_id: Optional[str] = None) -> None:
+        if reservation is not None:  # settled off the request path; the set keeps the task alive
+            task = asyncio.ensure_future(reservation.settle(0 if usage is None else usage[0] + usage[1]))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
         if self.tracer is not None:
             self._trace(endpoint, status, arrival, usage, key_id, request_id, route, error, ttft)
         m = self.metrics
@@ -422,6 +426,15 @@ class UpstreamProxy:
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+def _reserve(body: dict, raw: bytes) -> int:
+    """Tokens to reserve at admission: `n × max_tokens` plus a prompt estimate (one token per 4 bytes
+    of the body, an overestimate that the settlement refunds)."""
+    n, most = body.get("n", 1), body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    n = n if isinstance(n, int) and n > 0 else 1
+    most = most if isinstance(most, int) and most > 0 else 0
+    return n * most + len(raw) // 4
 
 
 def _registered_refs() -> list[str]:

@@ -14,7 +14,6 @@ import pytest
 from llmops.gateway.auth import ApiKeyConfig, AuthConfig, KeyChecker, hash_key
 from llmops.gateway.engines.base import SamplingParams
 from llmops.gateway.errors import GatewayError
-from llmops.gateway.ratelimit import RateLimiter, RateLimitExceeded
 
 # ---------------------------------------------------------------------------------------- auth
 
@@ -69,55 +68,6 @@ def test_config_refuses_plain_keys_and_duplicates():
     with pytest.raises(ValueError, match="no key"):
         AuthConfig(enabled=True)
     assert ApiKeyConfig(id="a", sha256=digest.upper()).sha256 == digest
-
-
-# ---------------------------------------------------------------------------------- rate limits
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_requests_per_minute_gives_429_with_retry_after_then_refills():
-    clock = _Clock()
-    limiter = RateLimiter(clock)
-    limiter.configure("k", requests_per_minute=3, tokens_per_minute=None)
-    for _ in range(3):
-        limiter.admit("k")
-    with pytest.raises(RateLimitExceeded) as caught:
-        limiter.admit("k")
-    assert caught.value.status == 429 and caught.value.retry_after == 20  # one request per 20 s
-    assert caught.value.body()["error"]["type"] == "rate_limit_error"
-    clock.now += 19.5
-    with pytest.raises(RateLimitExceeded) as caught:
-        limiter.admit("k")
-    assert caught.value.retry_after == 1
-    clock.now += 0.5
-    limiter.admit("k")
-
-
-def test_tokens_per_minute_is_charged_after_the_request():
-    clock = _Clock()
-    limiter = RateLimiter(clock)
-    limiter.configure("k", requests_per_minute=None, tokens_per_minute=600)  # 10 tokens/s
-    limiter.admit("k")
-    limiter.record_tokens("k", 900)  # 300 in debt
-    with pytest.raises(RateLimitExceeded) as caught:
-        limiter.admit("k")
-    assert 30 <= caught.value.retry_after <= 31 and "tokens" in caught.value.message
-    clock.now += 31
-    limiter.admit("k")
-
-
-def test_keys_without_limits_are_never_limited():
-    limiter = RateLimiter()
-    limiter.configure("free", None, None)
-    for _ in range(10_000):
-        limiter.admit("free")
 
 
 # ------------------------------------------------------------------------------------- capture
