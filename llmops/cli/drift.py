@@ -162,7 +162,7 @@ def traffic(
     model: str = typer.Option(..., "--model", help="Registry ref whose current version's captured traffic is checked."),
     reference: Path = typer.Option(..., "--reference", help="JSONL reference rows: messages, a text field, or fields for --prompt."),
     since: str = typer.Option("24h", "--since", help="Captured traffic at or after: a duration (30m, 24h, 7d) or an ISO time."),
-    capture_dir: Path = typer.Option(Path("traffic"), "--capture-dir", help="The gateway's capture.path."),
+    capture_dir: str = typer.Option("traffic", "--capture-dir", help="The gateway's capture.path: a folder or a URI (s3://bucket/prefix)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Registry prompt that renders reference rows (as the gateway did)."),
     out: Path = _OUT,
     permutations: int = typer.Option(200, "--permutations", help="Document permutations for the JS p-value."),
@@ -182,4 +182,6 @@ def traffic(
                            permutations=permutations, alpha=alpha, js_threshold=js_threshold, backend=backend, seed=seed)
     plots = [null_plot(result.js_null, result.js_divergence, "Jensen-Shannon divergence"),
              token_bar_plot(result.over_represented, result.under_represented)]
-    _finish("traffic", result.to_dict(), plots, reference, capture_dir, out, docs.model_version, no_mlflow)
+    from llmops.traffic.location import redact
+
+    _finish("traffic", result.to_dict(), plots, reference, redact(capture_dir), out, docs.model_version, no_mlflow)

@@ -48,20 +48,24 @@ def traffic_documents(model: str, reference: str | Path, since: Optional[str] = 
                       capture_root: str | Path = "traffic", prompt: Optional[str] = None) -> TrafficDocuments:
     """Load captured chat traffic of `model`'s current version and encode `reference` (JSONL) alike.
 
+    `capture_root` is the gateway's `capture.path`: a folder or a URI (`s3://bucket/prefix`); every
+    gateway's files in it are read.
+
     Raises:
         DriftInputError: no captured traffic, a reference row without text, an unknown ref.
     """
     from llmops import registry
+    from llmops import traffic
     from llmops.drift.io import load_tokenizer
-    from llmops.gateway import capture
+    from llmops.traffic.location import redact
 
     version = registry.resolve_model_ref(model)
     base = registry.resolve_model_ref(version.base) if version.base else version
     tokenizer = load_tokenizer(base.local_path())
-    records = [r for r in capture.read(model=version.name, since=since, root=capture_root)
+    records = [r for r in traffic.read(model=version.name, since=since, root=capture_root)
                if r.get("model_version") == version.ref and r.get("prompt_token_ids") and "chat" in str(r.get("endpoint"))]
     if not records:
-        raise DriftInputError(f"no captured chat traffic for {version.ref} since {since} under {capture_root} "
+        raise DriftInputError(f"no captured chat traffic for {version.ref} since {since} under {redact(capture_root)} "
                               "(is `capture.enabled: true` in the gateway config?)")
     registry_prompt = registry.get_prompt(prompt) if prompt else None
     reference_docs = []

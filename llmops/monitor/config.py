@@ -8,6 +8,7 @@ from typing import Optional
 from pydantic import Field, field_validator, model_validator
 
 from llmops.config import ConfigModel, ConfigPath
+from llmops.traffic.location import DatasetLocation
 
 __all__ = ["MonitorConfig", "NewDataTrigger", "QualityTrigger", "DriftTrigger", "ScheduleTrigger"]
 
@@ -34,8 +35,8 @@ class DriftTrigger(ConfigModel):
 
     reference: ConfigPath
     """JSONL reference rows (the training data, usually)."""
-    capture_dir: ConfigPath = Path("traffic")
-    """The gateway's `capture.path`."""
+    capture_dir: DatasetLocation = Path("traffic")
+    """The gateway's `capture.path`: a folder (relative to this file) or a URI such as `s3://bucket/prefix`."""
     since: str = "24h"
     prompt: Optional[str] = None
     """Registry prompt that renders reference rows the way the gateway did."""

@@ -1,13 +1,11 @@
-"""Production gateway parts without servers: keys, rate limits, capture files, the vLLM engine's
+"""Production gateway parts without servers: keys, the vLLM engine's
 pure parts (SamplingParams mapping, LoRA ids), upstream config and the `llmops keys` CLI."""
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -68,97 +66,6 @@ def test_config_refuses_plain_keys_and_duplicates():
     with pytest.raises(ValueError, match="no key"):
         AuthConfig(enabled=True)
     assert ApiKeyConfig(id="a", sha256=digest.upper()).sha256 == digest
-
-
-# ------------------------------------------------------------------------------------- capture
-
-
-def _record(i: int, model_version: str = "capitals/2", when: float | None = None) -> dict:
-    return {"time": when or 1_790_000_000.0 + i, "request_id": f"r{i}", "key_id": "team-a", "endpoint": "chat.completions",
-            "model": "capitals@production", "model_version": model_version, "status": 200,
-            "prompt_token_ids": [1, 2, i], "completion_token_ids": [[10 + i, 11 + i]], "finish_reasons": ["stop"],
-            "prompt_tokens": 3, "completion_tokens": 2, "latency_ms": 12.5, "ttft_ms": 3.0,
-            "prompt_text": "secret prompt", "completion_text": ["answer"]}
-
-
-def test_capture_writes_partitioned_parquet_and_reads_it_back(tmp_path):
-    from llmops.gateway import capture
-
-    writer = capture.CaptureWriter(tmp_path / "traffic", flush_interval=0.05)
-    for i in range(25):
-        writer.submit(_record(i))
-    writer.submit(lambda: _record(99, model_version="tiny/1"))  # built on the writer thread
-    writer.close()
-    files = sorted(p.relative_to(tmp_path / "traffic").parts[:2] for p in (tmp_path / "traffic").rglob("*.parquet"))
-    assert {f for f in files} == {("date=2026-09-21", "model=capitals"), ("date=2026-09-21", "model=tiny")}
-    assert not list((tmp_path / "traffic").rglob("*.tmp"))
-    records = capture.read(model="capitals@production", root=tmp_path / "traffic")
-    assert [r["request_id"] for r in records] == [f"r{i}" for i in range(25)]
-    assert records[7]["prompt_token_ids"] == [1, 2, 7] and records[7]["completion_token_ids"] == [[17, 18]]
-    assert records[7]["prompt_text"] is None and records[7]["completion_text"] is None  # text off by default
-    assert records[0]["time"].tzinfo is not None
-    assert len(capture.read(root=tmp_path / "traffic")) == 26
-    since = dt.datetime.fromtimestamp(1_790_000_020, dt.timezone.utc)
-    assert len(capture.read(model="capitals", since=since, root=tmp_path / "traffic")) == 5
-    assert capture.read(since="1h", root=tmp_path / "traffic") == []  # all of it is older than an hour
-    assert capture.read(model="nothing", root=tmp_path / "traffic") == []
-
-
-def test_capture_keeps_text_only_when_configured(tmp_path):
-    from llmops.gateway import capture
-
-    writer = capture.CaptureWriter(tmp_path, flush_interval=10, keep_text=True)
-    writer.submit(_record(1))
-    writer.close()
-    (record,) = capture.read(root=tmp_path)
-    assert record["prompt_text"] == "secret prompt" and record["completion_text"] == ["answer"]
-
-
-def test_capture_ignores_and_cleans_unfinished_files(tmp_path):
-    from llmops.gateway import capture
-
-    folder = tmp_path / "date=2026-01-01" / "model=x"
-    folder.mkdir(parents=True)
-    (folder / "part-crashed.parquet.tmp").write_bytes(b"PAR1 half a file")
-    assert capture.read(root=tmp_path) == []
-    capture.CaptureWriter(tmp_path, flush_interval=10).close()
-    assert not (folder / "part-crashed.parquet.tmp").exists()
-
-
-def test_capture_survives_sigkill_with_only_readable_files(tmp_path):
-    """A writer process killed with SIGKILL mid-stream leaves complete files only."""
-    import pyarrow.parquet as pq
-
-    script = textwrap.dedent(f"""
-        import time
-        from llmops.gateway.capture import CaptureWriter
-        writer = CaptureWriter({str(tmp_path)!r}, flush_interval=0.01)
-        i = 0
-        while True:
-            for _ in range(50):
-                writer.submit({{"time": time.time(), "request_id": str(i), "model_version": "m/1",
-                               "prompt_token_ids": list(range(200)), "completion_token_ids": [list(range(200))]}})
-                i += 1
-            time.sleep(0.002)
-    """)
-    process = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = 60
-        import time
-
-        start = time.monotonic()
-        while len(list(tmp_path.rglob("*.parquet"))) < 5:
-            assert time.monotonic() - start < deadline and process.poll() is None
-            time.sleep(0.05)
-    finally:
-        process.kill()
-        process.wait()
-    from llmops.gateway import capture
-
-    for path in tmp_path.rglob("*.parquet"):
-        pq.read_table(path)  # every finished name is a complete file
-    records = capture.read(root=tmp_path)
-    assert len(records) >= 5 and all(len(r["prompt_token_ids"]) == 200 for r in records)
 
 
 # ------------------------------------------------------------------------------------ vLLM parts
