@@ -160,13 +160,13 @@ def _exporter_beside_engine(workdir: Path, rate: float, seconds: float) -> dict:
 
     sent, tokens = asyncio.run(run())
     submitted_at = time.perf_counter()
-    stored_during = tracer.stats.stored
+    stored_during = tracer.stats.written
     tracer.flush(120)
     lag = time.perf_counter() - submitted_at
     asyncio.run(engine.close())
     tracer.close()
     return {"sent": sent, "tokens": tokens, "dropped": tracer.stats.dropped, "failed": tracer.stats.failed,
-            "stored": tracer.stats.stored, "stored_during": stored_during, "drain_after": lag,
+            "stored": tracer.stats.written, "stored_during": stored_during, "drain_after": lag,
             "rate": sent / seconds}
 
 

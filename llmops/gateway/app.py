@@ -54,7 +54,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig):
         self.config = config
         self.tracer: Any = None
-        self.metrics = GatewayMetrics(lambda: self.tracer.stats if self.tracer is not None else None)
+        self.metrics = GatewayMetrics()
         self.router: Any = None
         self.service: Any = None
         self.capture: Any = None
@@ -76,6 +76,8 @@ class Gateway:
             torch.set_num_threads(engine.num_threads)
         self.tracer = await asyncio.to_thread(create_tracer, self.config.tracing)
         self.capture = await asyncio.to_thread(CaptureWriter.from_config, self.config.capture)
+        self.metrics.watch(*(self.tracer.batchers if self.tracer is not None else ()),
+                           self.capture.batcher if self.capture is not None else None)
         self.router = ModelRouter(create_engine_factory(engine), self.config.models, self.config.refresh_interval)
         self.service = CompletionService(self.router, self.config.limits, self.metrics)
         if self.config.preload:
@@ -445,7 +447,7 @@ def _create_proxy_app(config: GatewayConfig) -> Any:
 
     upstream = config.engine.upstream
     resolver = RegistryResolver(config.models, config.refresh_interval, upstream.served_model_names)
-    metrics = GatewayMetrics(lambda: proxy.tracer.stats if proxy.tracer is not None else None)
+    metrics = GatewayMetrics()
     proxy = UpstreamProxy(upstream, resolver, auth=config.auth, capture=CaptureWriter.from_config(config.capture),
                           metrics=metrics, max_body_bytes=config.limits.max_body_bytes,
                           shutdown_timeout=config.shutdown_timeout, tracing=config.tracing)

@@ -89,7 +89,7 @@ class TracingConfig(ConfigModel):
     max_batch: int = Field(2000, ge=1)
     """Most traces written in one transaction."""
     max_queue: int = Field(50_000, ge=1)
-    """Traces waiting to be written beyond this are dropped (and counted in `llmops:traces_dropped_total`)."""
+    """Traces waiting to be written beyond this are dropped (and counted in `llmops:background_dropped_total{writer="traces"}`)."""
     capture_text: bool = True
     """Store request messages and response text in the trace (off: only sizes, versions and timings)."""
     otlp_endpoint: Optional[str] = None

@@ -8,10 +8,10 @@ input, which would let any client create series without bound.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["GatewayMetrics", "CONTENT_TYPE"]
 
@@ -25,7 +25,7 @@ _ITL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
 class GatewayMetrics:
     """The gateway's metric families, in their own registry (so several apps can live in one process)."""
 
-    def __init__(self, trace_stats: Optional[Callable[[], Any]] = None):
+    def __init__(self):
         from prometheus_client import disable_created_metrics
 
         disable_created_metrics()  # `*_created` series double the output and no dashboard reads them
@@ -50,35 +50,46 @@ class GatewayMetrics:
         self.request_generation_tokens = Histogram(
             "llmops:request_generation_tokens", "Generated tokens per request.", _LABELS,
             buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=r)
-        if trace_stats is not None:
-            r.register(_TraceCollector(trace_stats))
+        self._background = _BackgroundCollector()
+        r.register(self._background)
+
+    def watch(self, *batchers: Any) -> None:
+        """Export the stats of background writers (`BackgroundBatcher`s, each under its `name`)."""
+        for batcher in batchers:
+            if batcher is not None:
+                self._background.batchers[batcher.name] = batcher
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
 
 
-class _TraceCollector:
-    """Exporter counters read at scrape time (no locking on the request path)."""
+class _BackgroundCollector:
+    """The counters of the background writers (`llmops.background`), read at scrape time (no locking on
+    the request path), one series per writer: `traces`, `langsmith`, `capture`."""
 
-    def __init__(self, stats: Callable[[], Any]):
-        self.stats = stats
+    def __init__(self):
+        self.batchers: dict[str, Any] = {}
 
     def describe(self):
         return []
 
     def collect(self):
-        stats = self.stats()
-        if stats is None:
+        if not self.batchers:
             return
-        for name, value, doc in (
-            ("llmops:traces_stored", stats.stored, "Traces written to the MLflow store."),
-            ("llmops:traces_dropped", stats.dropped, "Traces dropped because the export queue was full."),
-            ("llmops:traces_failed", stats.failed, "Traces the store refused (see the gateway log)."),
+        stats = {name: batcher.stats for name, batcher in self.batchers.items()}
+        queued = GaugeMetricFamily("llmops:background_queued", "Items waiting in a background writer's queue.",
+                                   labels=["writer"])
+        for name, value in stats.items():
+            queued.add_metric([name], value.queued)
+        yield queued
+        for field, doc in (
+            ("written", "Items a background writer stored (traces, LangSmith runs, capture records)."),
+            ("dropped", "Items dropped because a background writer's queue was full."),
+            ("failed", "Items a background writer's store refused (see the gateway log)."),
+            ("write_seconds", "Time background writers spent writing."),
         ):
-            family = CounterMetricFamily(name, doc)
-            family.add_metric([], value)
+            family = CounterMetricFamily(f"llmops:background_{field}", doc, labels=["writer"])
+            for name, value in stats.items():
+                family.add_metric([name], getattr(value, field))
             yield family
-        family = CounterMetricFamily("llmops:trace_export_seconds", "Time the exporter spent writing traces.")
-        family.add_metric([], stats.write_seconds)
-        yield family

@@ -163,6 +163,9 @@ class UpstreamProxy:
             from llmops.gateway.tracing import create_tracer
 
             self.tracer = await asyncio.to_thread(create_tracer, self.tracing)
+        if self.metrics is not None:
+            self.metrics.watch(*(self.tracer.batchers if self.tracer is not None else ()),
+                               self.capture.batcher if self.capture is not None else None)
         if hasattr(self.resolver, "start"):
             self.resolver.start()
 

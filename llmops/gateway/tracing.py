@@ -3,23 +3,24 @@
 `@mlflow.trace` costs about 1.5 ms median (spikes of hundreds of ms) in the calling thread, and its
 background exporter stores one trace per transaction, about 15 traces/s into SQLite on a small box;
 a busy gateway would drop traces. Here the request path only fills a `RequestTrace` (timestamps
-and a few attributes, microseconds) and appends it to a bounded queue. One exporter thread wakes
-every `flush_interval` seconds and writes everything queued in one transaction
-(`trace_store.SqlTraceWriter`), or through `MlflowClient.log_spans` for a tracking server, and
-optionally to an OTLP endpoint. A full queue drops (and counts) traces instead of slowing requests.
+and a few attributes, microseconds) and hands it to a `BackgroundBatcher` (`llmops.background`). Its
+thread wakes every `flush_interval` seconds and writes everything queued in one transaction
+(`trace_store.SqlTraceWriter`), or in one batched request to a tracking server
+(`trace_store.OtlpServerWriter`), and optionally to an OTLP endpoint. A full queue drops (and counts)
+traces instead of slowing requests.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["RequestTrace", "Tracer", "TraceStats"]
+from llmops.background import BackgroundBatcher, BatcherStats
+
+__all__ = ["RequestTrace", "Tracer"]
 
 _log = logging.getLogger(__name__)
 
@@ -58,18 +59,6 @@ class RequestTrace:
         self.attributes[key] = value
 
 
-@dataclass
-class TraceStats:
-    """Counters of the exporter (monotonic since start)."""
-
-    submitted: int = 0
-    stored: int = 0
-    dropped: int = 0
-    failed: int = 0
-    batches: int = 0
-    write_seconds: float = 0.0
-
-
 class Tracer:
     """Samples requests, queues their traces and writes them in the background.
 
@@ -86,89 +75,42 @@ class Tracer:
                  max_batch: int = 2000, max_queue: int = 50_000):
         self.writer = writer
         self.sample_ratio = sample_ratio
-        self.flush_interval = flush_interval
-        self.max_batch = max_batch
-        self.max_queue = max_queue
-        self.stats = TraceStats()
-        self._queue: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._idle = threading.Condition()
-        self._in_flight = 0
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="llmops-trace-exporter", daemon=True)
-        self._thread.start()
+        self.batcher = BackgroundBatcher("traces", writer.write, flush_interval, max_batch, max_queue)
+
+    @property
+    def stats(self) -> BatcherStats:
+        """Queued, written, dropped and failed traces (MLflow's side)."""
+        return self.batcher.stats
+
+    @property
+    def batchers(self) -> list[BackgroundBatcher]:
+        """This tracer's batcher and those of its extra writers (LangSmith), for `/metrics`."""
+        extra = getattr(self.writer, "extra", ())
+        return [self.batcher, *(w.batcher for w in extra if isinstance(getattr(w, "batcher", None), BackgroundBatcher))]
 
     # --------------------------------------------------------------------------- request path
 
     def begin(self, name: str) -> Optional[RequestTrace]:
         """A new trace for this request, or None when the request is not sampled."""
-        if self._closing or (self.sample_ratio < 1.0 and random.random() >= self.sample_ratio):
+        if self.batcher.closed or (self.sample_ratio < 1.0 and random.random() >= self.sample_ratio):
             return None
         return RequestTrace(name)
 
     def submit(self, trace: Optional[RequestTrace]) -> None:
-        """Queue a finished trace (never blocks; drops it when the queue is full)."""
+        """Queue a finished trace (never blocks; drops and counts it when the queue is full)."""
         if trace is None:
             return
         if not trace.end_ns:
             trace.end_ns = time.time_ns()
-        self.stats.submitted += 1
-        if len(self._queue) >= self.max_queue:
-            self.stats.dropped += 1
-            return
-        self._queue.append(trace)  # deque.append is atomic under the GIL: no lock on the hot path
-
-    # ------------------------------------------------------------------------------ exporter
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            closing = self._closing
-            while self._queue:
-                batch = []
-                while self._queue and len(batch) < self.max_batch:
-                    batch.append(self._queue.popleft())
-                with self._idle:
-                    self._in_flight = len(batch)
-                self._write(batch)
-                with self._idle:
-                    self._in_flight = 0
-            with self._idle:
-                self._idle.notify_all()
-            if closing:
-                return
-
-    def _write(self, batch: list[RequestTrace]) -> None:
-        started = time.perf_counter()
-        try:
-            self.writer.write(batch)
-        except Exception as error:  # the store being down must not take the gateway down
-            self.stats.failed += len(batch)
-            _log.warning("could not store %d trace(s): %s", len(batch), error)
-        else:
-            self.stats.stored += len(batch)
-        self.stats.batches += 1
-        self.stats.write_seconds += time.perf_counter() - started
+        self.batcher.submit(trace)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write everything queued now; True when the queue drained within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._queue or self._in_flight:
-                self._wake.set()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._idle.wait(min(remaining, 0.1))
-        return True
+        return self.batcher.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush and stop the exporter (called on shutdown)."""
-        self.flush(timeout)
-        self._closing = True
-        self._wake.set()
-        self._thread.join(timeout)
+        """Flush and stop the exporter (called on shutdown), then close the writer."""
+        self.batcher.close(timeout)
         close = getattr(self.writer, "close", None)
         if close is not None:
             close()

@@ -6,28 +6,27 @@ On when `LANGSMITH_TRACING=true` (and `langsmith` is installed); the SDK reads `
 here is best effort, failures are logged and counted, never raised into serving or evaluation.
 
 - Gateway: `LangSmithTraceWriter` is a trace writer like `trace_store`'s. The gateway tracer's
-  exporter thread hands it each batch of `RequestTrace`s; it converts them into run trees (a root run
-  per request, child runs `resolve`, `render`, `generate`) and queues them for its own thread, which
-  posts them with `Client.batch_ingest_runs` (`POST /runs/batch`). A slow or unreachable LangSmith
-  therefore delays neither requests nor the MLflow writes; a full queue drops and counts.
+  exporter thread hands it each batch of `RequestTrace`s, which it queues on its own background
+  batcher (`llmops.background`); that thread converts them into run trees (a root run per request,
+  child runs `resolve`, `render`, `generate`) and posts them with `Client.batch_ingest_runs`
+  (`POST /runs/batch`). A slow or unreachable LangSmith therefore delays neither requests nor the
+  MLflow writes; a full queue drops and counts.
 - Evaluation: `log_eval_to_langsmith(result)` posts one root run `eval:<suite>` with one child run
   per item (the row in, the answer and scores out).
 """
 
 from __future__ import annotations
 
-import collections
 import datetime
 import importlib.util
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
-__all__ = ["langsmith_enabled", "LangSmithTraceWriter", "LangSmithStats", "log_eval_to_langsmith",
-           "GATEWAY_PROJECT", "EVAL_PROJECT"]
+from llmops.background import BackgroundBatcher, BatcherStats
+
+__all__ = ["langsmith_enabled", "LangSmithTraceWriter", "log_eval_to_langsmith", "GATEWAY_PROJECT", "EVAL_PROJECT"]
 
 _log = logging.getLogger(__name__)
 
@@ -168,21 +167,12 @@ def trace_runs(trace: Any, project: str, capture_text: bool = True) -> list[dict
     return builder.runs
 
 
-@dataclass
-class LangSmithStats:
-    """Counters of the LangSmith exporter (monotonic since start)."""
-
-    queued: int = 0
-    sent: int = 0
-    dropped: int = 0
-    failed: int = 0
-
-
 class LangSmithTraceWriter:
     """A gateway trace writer (`write(traces)`, `close()`) that sends the traces to LangSmith.
 
-    `write` runs on the tracer's exporter thread: it converts the batch into runs (microseconds per
-    trace) and queues them; this writer's own thread posts them with `Client.batch_ingest_runs`.
+    `write` runs on the tracer's exporter thread and only queues the traces on this writer's own
+    `BackgroundBatcher`, whose thread converts them into runs and posts them with
+    `Client.batch_ingest_runs`, so a slow LangSmith delays neither requests nor the MLflow writes.
 
     Args:
         project: LangSmith project (default `$LANGSMITH_PROJECT`, else `llmops-gateway`).
@@ -190,91 +180,47 @@ class LangSmithTraceWriter:
         client: A `langsmith.Client` (default: one configured from the environment).
         max_queue: Traces waiting beyond this are dropped and counted.
         max_batch: Most traces per `batch_ingest_runs` call (the SDK also splits by size).
+        flush_interval: Seconds between posts.
     """
 
     def __init__(self, project: Optional[str] = None, capture_text: bool = True, client: Any = None,
-                 max_queue: int = 10_000, max_batch: int = 500):
+                 max_queue: int = 10_000, max_batch: int = 500, flush_interval: float = 1.0):
         self.project = project or _project(GATEWAY_PROJECT)
         self.capture_text = capture_text
-        self.stats = LangSmithStats()
+        self._errors = 0
         self.client = client if client is not None else _client(tracing_error_callback=self._on_error)
-        self.max_queue = max_queue
-        self.max_batch = max_batch
-        self._queue: collections.deque = collections.deque()
-        self._wake = threading.Event()
-        self._idle = threading.Condition()
-        self._in_flight = 0
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="llmops-langsmith-exporter", daemon=True)
-        self._thread.start()
+        self.batcher = BackgroundBatcher("langsmith", self._send, flush_interval, max_batch, max_queue,
+                                         prepare=self._runs)
+
+    @property
+    def stats(self) -> BatcherStats:
+        """Queued, written (sent), dropped and failed traces."""
+        return self.batcher.stats
 
     def _on_error(self, error: Exception) -> None:
-        # The SDK logs the failure itself; this only counts it.
-        self.stats.failed += 1
+        # The SDK logs the failure itself; `_send` turns the count into failed traces.
+        self._errors += 1
 
     def write(self, traces: list[Any]) -> None:
         """Queue `traces` for LangSmith (never raises, never waits on the network)."""
         for trace in traces:
-            if len(self._queue) >= self.max_queue:
-                self.stats.dropped += 1
-                continue
-            try:
-                self._queue.append(trace_runs(trace, self.project, self.capture_text))
-            except Exception as error:  # a malformed trace must not stop the others
-                self.stats.failed += 1
-                _log.warning("could not convert a trace for LangSmith: %s", error)
-            else:
-                self.stats.queued += 1
-        self._wake.set()
+            self.batcher.submit(trace)
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(1.0)
-            self._wake.clear()
-            closing = self._closing
-            while self._queue:
-                batch: list[list[dict]] = []
-                while self._queue and len(batch) < self.max_batch:
-                    batch.append(self._queue.popleft())
-                with self._idle:
-                    self._in_flight = len(batch)
-                self._send(batch)
-                with self._idle:
-                    self._in_flight = 0
-            with self._idle:
-                self._idle.notify_all()
-            if closing:
-                return
+    def _runs(self, trace: Any) -> list[dict]:
+        return trace_runs(trace, self.project, self.capture_text)
 
-    def _send(self, batch: list[list[dict]]) -> None:
-        failed_before = self.stats.failed
-        try:
-            self.client.batch_ingest_runs(create=[run for runs in batch for run in runs])
-        except Exception as error:
-            self.stats.failed += len(batch)
-            _log.warning("could not send %d trace(s) to LangSmith: %s", len(batch), error)
-        else:
-            if self.stats.failed == failed_before:
-                self.stats.sent += len(batch)
+    def _send(self, batch: list[list[dict]]) -> int:
+        errors_before = self._errors
+        self.client.batch_ingest_runs(create=[run for runs in batch for run in runs])
+        return len(batch) if self._errors != errors_before else 0
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Send everything queued now; True when it drained within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._queue or self._in_flight:
-                self._wake.set()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._thread.is_alive():
-                    return False
-                self._idle.wait(min(remaining, 0.1))
-        return True
+        return self.batcher.flush(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush and stop the sending thread."""
-        self.flush(timeout)
-        self._closing = True
-        self._wake.set()
-        self._thread.join(timeout)
+        self.batcher.close(timeout)
 
 
 def eval_runs(result: Any, project: str, mlflow_run_id: Optional[str] = None) -> list[dict[str, Any]]:

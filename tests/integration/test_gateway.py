@@ -305,7 +305,7 @@ def test_metrics_count_requests_and_tokens(gateway, client):
     assert after - before == done.usage.completion_tokens
     for name in ("llmops:requests_total", "llmops:prompt_tokens_total", "llmops:num_requests_running",
                  "llmops:time_to_first_token_seconds_bucket", "llmops:inter_token_latency_seconds_bucket",
-                 "llmops:e2e_request_latency_seconds_bucket", "llmops:traces_stored_total"):
+                 "llmops:e2e_request_latency_seconds_bucket", 'llmops:background_written_total{writer="traces"}'):
         assert name in text
     assert 'status="404"' in text and 'status="400"' in text and 'status="200"' in text
 
@@ -330,10 +330,10 @@ def test_each_request_leaves_one_trace(gateway):
 
     tracer = gateway["app"].state.gateway.tracer
     assert tracer.flush(30)
-    assert tracer.stats.dropped == 0 and tracer.stats.failed == 0
+    assert tracer.stats.dropped == 0 and tracer.stats.failed == 0 and tracer.stats.queued == 0
     experiment = ensure_experiment("gateway-test")
     traces = mlflow.search_traces(locations=[experiment], max_results=5000, return_type="list")
-    assert len(traces) == tracer.stats.submitted  # one per request, all stored
+    assert len(traces) == tracer.stats.written  # one per request, all stored
     by_request = {}
     for trace in traces:
         root = next(s for s in trace.data.spans if s.parent_id is None)

@@ -40,7 +40,7 @@ def test_bulk_written_traces_read_back_through_mlflow(store):
         _trace(tracer, version=f"tiny/{1 + i % 2}")
     tracer.close()
     traces = _stored("t")
-    assert len(traces) == 300 and tracer.stats.stored == 300 and tracer.stats.dropped == 0
+    assert len(traces) == 300 and tracer.stats.written == 300 and tracer.stats.dropped == 0
     trace = traces[0]
     assert trace.info.state.value == "OK" if hasattr(trace.info.state, "value") else trace.info.state == "OK"
     assert trace.info.token_usage == {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}
@@ -67,7 +67,7 @@ def test_full_queue_drops_and_counts(store):
     assert tracer.stats.dropped == 3
     assert tracer.flush(30)
     tracer.close()
-    assert len(_stored("q")) == 5 and tracer.stats.stored == 5
+    assert len(_stored("q")) == 5 and tracer.stats.written == 5
 
 
 @pytest.mark.parametrize("ratio, low, high", [(0.0, 0, 0), (0.5, 350, 650), (1.0, 1000, 1000)])

@@ -187,11 +187,11 @@ def test_vllm_serve_script_passes_the_flags_the_upstream_engine_needs(tmp_path):
 
 def _exported_series() -> set[str]:
     """The series names /metrics can expose, from the gateway's own metric registry."""
-    from types import SimpleNamespace
-
+    from llmops.background import BackgroundBatcher
     from llmops.gateway.metrics import GatewayMetrics
 
-    metrics = GatewayMetrics(lambda: SimpleNamespace(stored=0, dropped=0, failed=0, write_seconds=0.0))
+    metrics = GatewayMetrics()
+    metrics.watch(BackgroundBatcher("traces", lambda batch: None))
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count"),
                 "summary": ("", "_sum", "_count")}
     return {family.name + suffix for family in metrics.registry.collect() for suffix in suffixes[family.type]}
@@ -240,6 +240,6 @@ def test_dashboard_structure():
             continue
         assert panel["datasource"]["uid"] == "${DS_PROMETHEUS}", panel["title"]
         for target in panel["targets"]:
-            if "llmops:traces" not in target["expr"] and "llmops:trace_export" not in target["expr"]:
-                # Gateway-wide exporter counters carry no model label; everything else filters by both.
+            if "llmops:background_" not in target["expr"]:
+                # Gateway-wide background writer counters carry no model label; everything else filters by both.
                 assert 'model=~"$model"' in target["expr"] and 'version=~"$version"' in target["expr"], target["expr"]
