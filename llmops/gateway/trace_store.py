@@ -1,12 +1,15 @@
-"""Writers that store `RequestTrace`s as MLflow traces, many per transaction.
+"""Writers that store `RequestTrace`s as MLflow traces, many per transaction or request.
 
-`SqlTraceWriter` inserts the rows MLflow's own `log_spans` would create (trace_info, trace_tags,
-spans; span content in MLflow's JSON schema, spans location `TRACKING_STORE`) with one executemany
-per table. MLflow's `SqlAlchemyStore.log_spans` does the same through the ORM, one flush and merge per
-trace, about 20 ms per trace here; this is why the bulk path exists. It is tied to the schema of the
-pinned MLflow minor (3.17); `tests/integration/test_gateway.py` reads the traces back with
-`mlflow.search_traces`, which is what keeps it honest. A remote tracking server gets
-`ClientTraceWriter` (MLflow's `log_spans`, batched) instead.
+- `SqlTraceWriter` (a store MLflow reaches directly: SQLite, `postgresql://`) inserts the rows MLflow's
+  own `log_spans` would create (trace_info, trace_tags, spans; span content in MLflow's JSON schema,
+  spans location `TRACKING_STORE`) with one executemany per table. MLflow's `SqlAlchemyStore.log_spans`
+  does the same through the ORM with a flush and an update per trace; this is why the bulk path exists.
+  It is tied to the schema of the pinned MLflow minor (3.17); the tests read the traces back with
+  `mlflow.search_traces`, which is what keeps it honest.
+- `RestTraceWriter` (an `mlflow server` over HTTP) sends a whole batch as one OTLP/HTTP protobuf request
+  through MLflow's own `RestStore.log_spans` (`POST /v1/traces` with the experiment id header; the server
+  stores it with one `log_spans` call). `tests/integration/test_remote_tracing.py` checks that both paths
+  store the same traces: previews, token usage, tags, spans and their attributes.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from typing import Any, Optional
 
 from llmops.gateway.tracing import RequestTrace
 
-__all__ = ["SqlTraceWriter", "ClientTraceWriter", "OtlpTraceWriter", "writer_for"]
+__all__ = ["SqlTraceWriter", "RestTraceWriter", "OtlpTraceWriter", "writer_for"]
 
 _log = logging.getLogger(__name__)
-_PREVIEW_CHARS = 1000
 
 
 # One encoder for every attribute: `json.dumps(..., default=...)` would build a new encoder per call,
@@ -45,6 +47,7 @@ class _SpanRows:
         root_id = random.getrandbits(64)
         root_attrs = {
             "mlflow.spanType": "CHAIN",
+            "mlflow.traceTag.mlflow.traceName": trace.name,  # how a server's `log_spans` learns the trace name
             **{f"mlflow.traceTag.{k}": v for k, v in trace.tags.items()},
             **trace.attributes,
         }
@@ -56,6 +59,11 @@ class _SpanRows:
             root_attrs["mlflow.spanInputs"] = trace.inputs
         if capture_text and trace.outputs is not None:
             root_attrs["mlflow.spanOutputs"] = trace.outputs
+        self.tags = dict(trace.tags)
+        request_id = trace.attributes.get("llmops.request_id")
+        if request_id:  # searchable on every store: `tags.llmops.request_id = '...'`
+            self.tags.setdefault("llmops.request_id", str(request_id))
+            root_attrs.setdefault("mlflow.traceTag.llmops.request_id", str(request_id))
         status = "ERROR" if trace.error else "OK"
         self.status = status
         self.spans = [self._span(root_id, None, trace.name, trace.start_ns, trace.end_ns, root_attrs, status,
@@ -89,11 +97,15 @@ class _SpanRows:
             },
         }
 
-    def preview(self, value: Any) -> Optional[str]:
+    @staticmethod
+    def preview(value: Any, role: str) -> Optional[str]:
+        """The trace's request or response preview, made as MLflow's server makes it from the root span
+        (the last message of `role` when the value holds chat messages, else the JSON, cut to 1,000)."""
         if value is None:
             return None
-        text = value if isinstance(value, str) else _json(value)
-        return text[:_PREVIEW_CHARS]
+        from mlflow.tracing.utils.truncation import _get_truncated_preview
+
+        return _get_truncated_preview(_json(value), role=role)
 
 
 class SqlTraceWriter:
@@ -123,9 +135,9 @@ class SqlTraceWriter:
                 "timestamp_ms": trace.start_ns // 1_000_000,
                 "execution_time_ms": (trace.end_ns - trace.start_ns) // 1_000_000,
                 "status": item.status,
-                "client_request_id": trace.attributes.get("llmops.request_id"),
-                "request_preview": item.preview(trace.inputs) if self.capture_text else None,
-                "response_preview": item.preview(trace.outputs) if self.capture_text else None,
+                "client_request_id": None,  # as MLflow's `log_spans` leaves it; the request id is a tag
+                "request_preview": item.preview(trace.inputs, "user") if self.capture_text else None,
+                "response_preview": item.preview(trace.outputs, "assistant") if self.capture_text else None,
                 "db_payload_generation": 1,
                 "trace_name": trace.name,
                 "input_tokens": usage[0],
@@ -136,7 +148,7 @@ class SqlTraceWriter:
                          "value": f"{self.artifact_location}/traces/{item.trace_id}/artifacts"})
             tags.append({"request_id": item.trace_id, "key": "mlflow.trace.spansLocation", "value": "TRACKING_STORE"})
             tags.append({"request_id": item.trace_id, "key": "mlflow.traceName", "value": trace.name})
-            tags.extend({"request_id": item.trace_id, "key": k, "value": v} for k, v in trace.tags.items())
+            tags.extend({"request_id": item.trace_id, "key": k, "value": v} for k, v in item.tags.items())
             for span in item.spans:
                 spans.append({
                     "trace_id": item.trace_id,
@@ -160,24 +172,22 @@ class SqlTraceWriter:
             connection.execute(span_table.insert(), spans)
 
 
-class ClientTraceWriter:
-    """Stores traces through `MlflowClient.log_spans` (a remote tracking server takes them as OTLP)."""
+class RestTraceWriter:
+    """Stores traces in an `mlflow server` (MLflow >= 3.4): one OTLP request per batch, through
+    MLflow's `RestStore.log_spans` (its credentials, retries and server-version check)."""
 
-    def __init__(self, client: Any, experiment_id: str, capture_text: bool = True):
-        self.client = client
+    def __init__(self, store: Any, experiment_id: str, capture_text: bool = True):
+        self.store = store
         self.experiment_id = experiment_id
         self.capture_text = capture_text
 
     def write(self, traces: list[RequestTrace]) -> None:
-        """One `log_spans` call for the whole batch."""
+        """Send the whole batch in one request; raises when the server refuses it."""
         from mlflow.entities import Span
 
-        spans = []
-        for trace in traces:
-            for span in _SpanRows(trace, self.capture_text).spans:
-                content = dict(span["content"])
-                spans.append(Span.from_dict(content))
-        self.client.log_spans(self.experiment_id, spans)
+        spans = [Span.from_dict(dict(span["content"])) for trace in traces
+                 for span in _SpanRows(trace, self.capture_text).spans]
+        self.store.log_spans(self.experiment_id, spans)
 
 
 class OtlpTraceWriter:
@@ -221,7 +231,7 @@ def writer_for(experiment: str, capture_text: bool = True, otlp_endpoint: Option
     if hasattr(store, "engine") and hasattr(store, "ManagedSessionMaker"):
         writer: Any = SqlTraceWriter(store, experiment_id, capture_text)
     else:
-        writer = ClientTraceWriter(client, experiment_id, capture_text)
+        writer = RestTraceWriter(store, experiment_id, capture_text)
     if otlp_endpoint:
         writer = OtlpTraceWriter(otlp_endpoint, writer, capture_text)
     return writer
