@@ -21,6 +21,17 @@
 
 Ends with `ratio=<@mlflow.trace in-thread p50 / llmops in-thread p50> target=1 added_p50_ms=...
 target_added_p50_ms=0.3 dropped=... target_dropped=0 ...`.
+
+    python benchmarks/tracing_overhead.py --remote [--rate 100] [--seconds 20] [--server-url URL]
+
+Remote mode: the traces go to an `mlflow server` over HTTP (started here on a SQLite file, or the one at
+`--server-url`, e.g. on PostgreSQL), through the batched OTLP path (`trace_store.RestTraceWriter`).
+1. The fleet gateway (`UpstreamProxy` in front of the fixed-latency replica `_fake_upstream.py`) with
+   every request traced, driven at `--rate` requests/s for `--seconds`: dropped and failed counters, and
+   the traces the server then holds.
+2. The exporter's capacity: 5,000 queued traces written to the server in batches (traces stored per
+   second, counted on the server).
+Ends with `ratio=<stored per second / 200> target=1 stored_traces_per_s=... dropped=... target_dropped=0`.
 """
 
 from __future__ import annotations
@@ -231,14 +242,132 @@ def _in_process(workdir: Path, calls: int) -> dict:
             "theirs_n": len(their_times), "theirs_flush": their_flush, "capacity": capacity}
 
 
+# ------------------------------------------------------------------------------------ remote mode
+
+
+class _OneModel:
+    """The fleet proxy's resolver for this benchmark: every ref is `tiny/1` (tracing is measured, not the
+    registry, which lives in the tracking server too)."""
+
+    async def route(self, ref: str):
+        from llmops.gateway.proxy import UpstreamRoute
+
+        return UpstreamRoute(ref, "tiny/1", ("tiny", "1"), "tiny/1")
+
+
+def _start_mlflow_server(workdir: Path):
+    import subprocess
+
+    port = free_port()
+    log = open(workdir / "mlflow-server.log", "wb")
+    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                                "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+                                "--artifacts-destination", str(workdir / "server-artifacts")],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/health", process, timeout=180)
+    return url, process
+
+
+def _server_count(experiment_id: str) -> int:
+    import mlflow
+
+    return len(mlflow.search_traces(locations=[experiment_id], max_results=1_000_000, include_spans=False,
+                                    return_type="list"))
+
+
+def _remote(args: argparse.Namespace, workdir: Path) -> None:
+    import subprocess
+
+    import mlflow
+
+    from llmops.gateway.config import TracingConfig
+    from llmops.gateway.engines.upstream import UpstreamConfig
+    from llmops.gateway.proxy import UpstreamProxy
+    from llmops.gateway.server import BackgroundServer
+    from llmops.gateway.trace_store import writer_for
+    from llmops.gateway.tracing import Tracer
+    from llmops.registry.store import ensure_experiment
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = None
+    url = args.server_url
+    if url is None:
+        url, server = _start_mlflow_server(workdir)
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    replica_port = free_port()
+    replica = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_fake_upstream.py"), str(replica_port), "5"])
+    try:
+        wait_ready(f"http://127.0.0.1:{replica_port}/health", replica)
+        # 1. The fleet gateway at --rate, every request traced into the server.
+        experiment = f"bench-remote-{int(time.time())}"
+        proxy = UpstreamProxy(UpstreamConfig(urls=[f"http://127.0.0.1:{replica_port}"]), _OneModel(),
+                              tracing=TracingConfig(experiment=experiment, flush_interval=0.5))
+        with BackgroundServer(proxy) as gateway:
+            endpoint = gateway.url + "/v1/chat/completions"
+            asyncio.run(_paced(endpoint, 20, 1.0))  # warm-up
+            tracer = proxy.tracer
+            before = tracer.stats.written
+            sent, achieved, errors = asyncio.run(_paced(endpoint, args.rate, args.seconds))
+            drained_at = time.perf_counter()
+            tracer.flush(300)
+            drain = time.perf_counter() - drained_at
+            stats = tracer.stats
+            written, dropped, failed = stats.written - before, stats.dropped, stats.failed
+            busy = stats.write_seconds
+        on_server = _server_count(ensure_experiment(experiment))
+        # 2. Capacity: 5,000 traces queued at once, written in batches.
+        burst_experiment = f"bench-remote-capacity-{int(time.time())}"
+        burst = Tracer(writer_for(burst_experiment, capture_text=True), flush_interval=3600, max_batch=1000)
+        for i in range(5000):
+            trace = burst.begin("chat.completions")
+            now = time.time_ns()
+            for name in ("resolve", "render", "generate"):
+                trace.add_span(name, now, now + 1000)
+            trace.set_tag("llmops.model_version", "tiny/1")
+            trace.attributes["llmops.request_id"] = f"burst-{i}"
+            trace.usage = (20, 1)
+            trace.inputs, trace.outputs = {"messages": [{"role": "user", "content": QUESTIONS[i % 16]}]}, ["Paris"]
+            burst.submit(trace)
+        started = time.perf_counter()
+        burst.flush(600)
+        capacity_seconds = time.perf_counter() - started
+        burst.close()
+        capacity_stored = _server_count(ensure_experiment(burst_experiment))
+    finally:
+        replica.terminate()
+        if server is not None:
+            import signal
+
+            os.killpg(server.pid, signal.SIGTERM)
+    capacity = capacity_stored / capacity_seconds
+    print(f"conditions: mlflow server {mlflow.__version__} at {url} ({'SQLite, 1 worker' if server else 'given'}), "
+          f"fleet gateway (UpstreamProxy) over a 5 ms replica, {os.cpu_count()} CPUs (shared)")
+    print(f"gateway at {achieved:.0f} req/s (asked {args.rate:g}) for {args.seconds:g} s, every request traced: "
+          f"sent={sent} errors={errors}; exporter wrote {written} in {stats.batches} batches ({busy:.2f} s busy, "
+          f"{written / max(busy, 1e-9):.0f} traces/s while serving), drained {drain:.2f} s after the load; "
+          f"dropped={dropped} failed={failed}; the server holds {on_server} traces of this run")
+    print(f"exporter capacity: 5000 queued traces, {capacity_stored} stored on the server in {capacity_seconds:.2f} s "
+          f"= {capacity:.0f} traces/s")
+    print(f"ratio={capacity / 200:.2f} target=1 stored_traces_per_s={capacity:.0f} target_stored_traces_per_s=200 "
+          f"dropped={dropped} target_dropped=0 failed={failed} rate={achieved:.0f} target_rate=100 "
+          f"stored_of_sent={on_server}/{sent + 20}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=None, help="Requests per second (200; 100 with --remote).")
+    parser.add_argument("--seconds", type=float, default=None, help="Seconds of paced load (10; 20 with --remote).")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--remote", action="store_true", help="Trace into an mlflow server over HTTP.")
+    parser.add_argument("--server-url", default=None, help="With --remote: an mlflow server to use instead of starting one.")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llmops-bench-"))
+    if args.remote:
+        args.rate, args.seconds = args.rate or 100.0, args.seconds or 20.0
+        return _remote(args, workdir)
+    args.rate, args.seconds = args.rate or 200.0, args.seconds or 10.0
     prepare_workdir(workdir)
 
     # 1. A/B in one server.
@@ -275,14 +404,15 @@ def main() -> None:
             p50s[tracing] = _pct([t for t, _ in asyncio.run(_closed_loop(base + url, args.requests // 2))], 0.5)
             if tracing:
                 time.sleep(1)  # let the closed-loop traces drain first
-                before = _metric(base, "llmops:traces_stored_total")
-                before_seconds = _metric(base, "llmops:trace_export_seconds_total")
+                traces = '{writer="traces"}'
+                before = _metric(base, "llmops:background_written_total" + traces)
+                before_seconds = _metric(base, "llmops:background_write_seconds_total" + traces)
                 sent, achieved, errors = asyncio.run(_paced(base + url, args.rate, args.seconds))
                 time.sleep(2)  # a few flush intervals, so the counters include the last batch
-                dropped = _metric(base, "llmops:traces_dropped_total")
-                failed = _metric(base, "llmops:traces_failed_total")
-                paced_stored = _metric(base, "llmops:traces_stored_total") - before
-                export_seconds = _metric(base, "llmops:trace_export_seconds_total") - before_seconds
+                dropped = _metric(base, "llmops:background_dropped_total" + traces)
+                failed = _metric(base, "llmops:background_failed_total" + traces)
+                paced_stored = _metric(base, "llmops:background_written_total" + traces) - before
+                export_seconds = _metric(base, "llmops:background_write_seconds_total" + traces) - before_seconds
         finally:
             stop(server)  # shutdown flushes whatever is still queued
     stored = len(mlflow.search_traces(locations=[ensure_experiment("bench-rate")], max_results=100_000,

@@ -173,21 +173,49 @@ class SqlTraceWriter:
 
 
 class RestTraceWriter:
-    """Stores traces in an `mlflow server` (MLflow >= 3.4): one OTLP request per batch, through
-    MLflow's `RestStore.log_spans` (its credentials, retries and server-version check)."""
+    """Stores traces in an `mlflow server` (MLflow >= 3.4) as OTLP requests of up to `request_traces`
+    traces each, through MLflow's `RestStore.log_spans` (its credentials, retries, version check).
 
-    def __init__(self, store: Any, experiment_id: str, capture_text: bool = True):
+    The server stores each request with one `log_spans` call, whose ORM work per trace is what limits
+    throughput; up to `concurrency` requests are in flight at once, so a server with several workers
+    on PostgreSQL takes a batch in parallel (`mlflow server --workers N`).
+    """
+
+    def __init__(self, store: Any, experiment_id: str, capture_text: bool = True, request_traces: int = 200,
+                 concurrency: int = 4):
         self.store = store
         self.experiment_id = experiment_id
         self.capture_text = capture_text
+        self.request_traces = request_traces
+        self.concurrency = concurrency
+        self._pool: Any = None
 
-    def write(self, traces: list[RequestTrace]) -> None:
-        """Send the whole batch in one request; raises when the server refuses it."""
+    def write(self, traces: list[RequestTrace]) -> int:
+        """Send the batch; returns how many traces the server refused (their requests failed)."""
+        chunks = [traces[i:i + self.request_traces] for i in range(0, len(traces), self.request_traces)]
+        if len(chunks) == 1 or self.concurrency <= 1:
+            return sum(self._send(chunk) for chunk in chunks)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="llmops-trace-request")
+        return sum(self._pool.map(self._send, chunks))
+
+    def _send(self, traces: list[RequestTrace]) -> int:
         from mlflow.entities import Span
 
-        spans = [Span.from_dict(dict(span["content"])) for trace in traces
-                 for span in _SpanRows(trace, self.capture_text).spans]
-        self.store.log_spans(self.experiment_id, spans)
+        try:
+            spans = [Span.from_dict(dict(span["content"])) for trace in traces
+                     for span in _SpanRows(trace, self.capture_text).spans]
+            self.store.log_spans(self.experiment_id, spans)
+        except Exception as error:  # the other requests of the batch may still succeed
+            _log.warning("the tracking server refused %d trace(s): %s", len(traces), error)
+            return len(traces)
+        return 0
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 class OtlpTraceWriter:
