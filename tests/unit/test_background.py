@@ -58,3 +58,25 @@ def test_failures_are_counted_per_item_and_never_raised():
     batcher.close()
     assert (batcher.stats.written, batcher.stats.failed) == (2, 4)
     assert batcher.stats.batches == 2
+
+
+def test_stats_are_exported_per_writer_on_metrics(tmp_path):
+    from llmops.gateway.metrics import GatewayMetrics
+    from llmops.traffic import TrafficWriter
+
+    metrics = GatewayMetrics()
+    assert b"llmops:background_" not in metrics.render()  # nothing watched yet: no empty series
+    capture = TrafficWriter(tmp_path, flush_interval=60, max_queue=2)
+    traces = BackgroundBatcher("traces", lambda batch: None, flush_interval=60)
+    metrics.watch(capture.batcher, traces, None)
+    for i in range(3):
+        capture.submit({"time": 1_790_000_000.0, "request_id": str(i), "model_version": "m/1"})
+    text = metrics.render().decode()
+    assert 'llmops:background_queued{writer="capture"} 2.0' in text
+    assert 'llmops:background_dropped_total{writer="capture"} 1.0' in text
+    capture.close()
+    traces.close()
+    text = metrics.render().decode()
+    assert 'llmops:background_written_total{writer="capture"} 2.0' in text
+    assert 'llmops:background_queued{writer="capture"} 0.0' in text
+    assert 'llmops:background_written_total{writer="traces"} 0.0' in text
