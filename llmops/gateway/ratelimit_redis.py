@@ -37,11 +37,11 @@ local function refill(level, stamp, capacity)
   if level == nil or stamp == nil then return capacity end
   return math.min(capacity, level + math.max(0, now - stamp) * capacity / 60)
 end
-local function expire(levels)
-  -- the hash is worth keeping until every bucket is full again
+local function expire(buckets)
+  -- the hash is worth keeping until every bucket is full again; buckets: {{capacity, level}, ...}
   local ms = 1000
-  for capacity, level in pairs(levels) do
-    ms = math.max(ms, math.ceil((capacity - level) * 60000 / capacity) + 1000)
+  for _, bucket in ipairs(buckets) do
+    ms = math.max(ms, math.ceil((bucket[1] - bucket[2]) * 60000 / bucket[1]) + 1000)
   end
   redis.call('PEXPIRE', KEYS[1], ms)
 end
@@ -64,29 +64,32 @@ end
 if wait_r > 0 or wait_t > 0 then
   return {0, tostring(wait_r), tostring(wait_t)}
 end
-local levels = {}
+local buckets = {}
 if rpm > 0 then
   r = r - 1
   redis.call('HSET', KEYS[1], 'r', tostring(r), 'rs', tostring(now))
-  levels[rpm] = r
+  table.insert(buckets, {rpm, r})
 end
 if tpm > 0 then
   t = t - cost
   redis.call('HSET', KEYS[1], 't', tostring(t), 'ts', tostring(now))
-  levels[tpm] = t
+  table.insert(buckets, {tpm, t})
 end
-expire(levels)
+expire(buckets)
 return {1, tostring(r), tostring(t)}
 """
 
 SETTLE_SCRIPT = _REFILL + """
--- ARGV: tokens per minute, tokens to give back (negative: to charge)
+-- ARGV: tokens per minute, tokens to give back (negative: to charge), requests per minute (0: none)
 local tpm = tonumber(ARGV[1]); local delta = tonumber(ARGV[2])
 local t = math.min(tpm, refill(state[3], state[4], tpm) + delta)
 redis.call('HSET', KEYS[1], 't', tostring(t), 'ts', tostring(now))
-local levels = {}
-levels[tpm] = t
-expire(levels)
+local buckets = {{tpm, t}}
+if state[1] and state[2] then  -- keep the request bucket's state alive as long as it matters too
+  local rpm = tonumber(ARGV[3])
+  if rpm and rpm > 0 then table.insert(buckets, {rpm, refill(state[1], state[2], rpm)}) end
+end
+expire(buckets)
 return tostring(t)
 """
 
@@ -164,7 +167,7 @@ class RedisRateLimiter:
 
         async def give_back(delta: int) -> None:
             try:
-                await self._call(self._settle_sha, SETTLE_SCRIPT, key, tpm, delta)
+                await self._call(self._settle_sha, SETTLE_SCRIPT, key, tpm, delta, rpm)
             except self._errors as error:  # the request is done; a lost refund only errs on the safe side
                 _log.warning("rate limit store %s: could not settle %d token(s) of %r: %s",
                              self.url, delta, key_id, error)

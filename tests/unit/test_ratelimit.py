@@ -226,3 +226,19 @@ def test_redis_outage_after_start_is_a_503_for_limited_keys_only():
     with contextlib.suppress(Exception):
         loop.run_until_complete(limiter.close())
     loop.close()
+
+
+def test_redis_expiry_covers_the_emptier_bucket_when_both_limits_are_equal(redis_url):
+    import redis
+
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    limiter = create_rate_limiter(_auth(redis_url, requests_per_minute=60, tokens_per_minute=60))
+
+    async def scenario():
+        reservation = await limiter.admit("limited", 60)  # the token bucket is empty, the request one nearly full
+        await reservation.settle(60)
+
+    _run(limiter, scenario())
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.pttl("llmops:ratelimit:{limited}") > 50_000  # a full minute to refill the tokens
