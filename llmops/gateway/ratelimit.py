@@ -99,3 +99,44 @@ class RateLimiter:
         tokens = self._tokens.get(key_id)
         if tokens is not None and count > 0:
             tokens.take(count)
+
+
+# --- interim shim (the `pipeline` branch): the `limits` branch replaces this file with the real
+# in-process and Redis limiters behind the same interface. ---
+
+
+class _Reservation:
+    """Tokens reserved at admission; `settle(used)` refunds the unused part (idempotent)."""
+
+    def __init__(self, bucket: Optional[TokenBucket], reserved: int):
+        self._bucket = bucket
+        self._reserved = reserved
+        self._settled = False
+
+    async def settle(self, used_tokens: int) -> None:
+        if self._settled or self._bucket is None:
+            return
+        self._settled = True
+        self._bucket.take(min(used_tokens, self._reserved) - self._reserved)
+
+
+class _AsyncLimiter:
+    def __init__(self, auth) -> None:
+        self._limiter = RateLimiter()
+        for key in auth.keys:
+            self._limiter.configure(key.id, key.requests_per_minute, key.tokens_per_minute)
+
+    async def admit(self, key_id: str, tokens: int) -> _Reservation:
+        self._limiter.admit(key_id)
+        bucket = self._limiter._tokens.get(key_id)
+        if bucket is not None:
+            bucket.take(tokens)
+        return _Reservation(bucket, tokens)
+
+    async def close(self) -> None:
+        return None
+
+
+def create_rate_limiter(auth) -> _AsyncLimiter:
+    """Per-key limits of an `AuthConfig` (interim in-process shim)."""
+    return _AsyncLimiter(auth)

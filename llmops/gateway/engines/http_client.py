@@ -16,11 +16,15 @@ import collections
 from typing import AsyncIterator, Optional
 from urllib.parse import urlsplit
 
-__all__ = ["HttpClient", "HttpResponse", "HttpConnectionError"]
+__all__ = ["HttpClient", "HttpResponse", "HttpConnectionError", "HttpConnectError"]
 
 
 class HttpConnectionError(ConnectionError):
     """The connection failed or closed before the response was complete."""
+
+
+class HttpConnectError(HttpConnectionError):
+    """No connection could be opened: no byte of the request left this process (safe to retry anywhere)."""
 
 
 class HttpResponse:
@@ -243,8 +247,12 @@ class _Pool:
             if not conn.closed:
                 return conn
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _Connection(self, loop), self.host, self.port), connect_timeout)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self, loop), self.host, self.port), connect_timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise HttpConnectError(f"cannot connect to {self.host}:{self.port}: {type(error).__name__}: {error}") \
+                from None
         return conn
 
     def close(self) -> None:
@@ -283,7 +291,8 @@ class HttpClient:
         """Send a request; return once the status line and headers arrived.
 
         Raises:
-            HttpConnectionError / OSError: connecting or sending failed, or the server closed first.
+            HttpConnectError: no connection could be opened (nothing was sent).
+            HttpConnectionError / OSError: sending failed, or the server closed first.
             asyncio.TimeoutError: no headers within `timeout`.
         """
         pool, host = self._pool(base_url)
