@@ -303,7 +303,14 @@ class HttpClient:
         head.append(b"\r\n")
         payload = b"".join(head) + body
         for attempt in (0, 1):
-            conn = await pool.acquire(self.connect_timeout)
+            try:
+                conn = await pool.acquire(self.connect_timeout)
+            except HttpConnectError as error:
+                if attempt == 0:
+                    raise
+                # The first attempt's bytes went out on a connection that then died: the server may
+                # have acted on them, so this is no longer a request nothing of which was sent.
+                raise HttpConnectionError(str(error)) from None
             reused = conn.used > 0
             conn.used += 1
             response = HttpResponse(conn)
