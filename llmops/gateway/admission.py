@@ -67,6 +67,9 @@ def plan_generation(request: Any, limits: Any, endpoint: str, default_max_tokens
     Raises:
         GatewayError: 400 naming the field and the limit.
     """
+    if endpoint == "chat.completions" and not request.messages:
+        raise GatewayError(400, "'messages' is a required property (or a registry `prompt` that supplies them)",
+                           param="messages", code="missing_required_parameter")
     n = request.n or 1
     if n > limits.max_n:
         raise _too_many("n", n, limits.max_n, "n")

@@ -107,6 +107,8 @@ class Pipeline:
                 ctx.key_id = key.id
             if self.tracer is not None:  # after auth: strangers leave no traces
                 ctx.trace = self.tracer.begin(endpoint)
+                if ctx.trace is not None:
+                    ctx.headers["x-llmops-trace-id"] = ctx.trace.trace_id
             raw = await read_body(receive, self.limits.max_body_bytes, header(scope, b"content-length"))
             body = parse_json(raw, self.limits.max_json_depth)
             try:
