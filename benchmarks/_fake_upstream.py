@@ -1,6 +1,7 @@
 """A fixed-latency OpenAI-compatible upstream: canned answers after `latency_ms`, streams of `chunks`
 canned tokens, `/health`, `/v1/models` and vLLM's `/v1/load_lora_adapter` (counted per name).
-A body with `"fake_crash": true` kills the process (a request that crashes its replica, for tests).
+A body with `"fake_crash": true` kills the process (a request that crashes its replica, for tests);
+`"fake_latency_ms": N` answers that request after N ms instead.
 
 It follows vLLM's OpenAI-compatible protocol where the gateway depends on it
 (vllm/entrypoints/openai/protocol.py and serving_chat.py): `return_token_ids` adds `prompt_token_ids`
@@ -113,7 +114,7 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
             return
         chat = path.endswith("chat/completions")
         if not body.get("stream"):
-            await asyncio.sleep(delay)
+            await asyncio.sleep(body.get("fake_latency_ms", latency_ms) / 1000.0)
             await send({"type": "http.response.start", "status": 200, "headers": json_header})
             await send({"type": "http.response.body", "body": answer(body, chat)})
             return

@@ -122,11 +122,15 @@ class Pipeline:
                 plan = plan_embeddings(request, self.limits)
             else:
                 ctx.stream = bool(request.stream)
+                started = time.time_ns()
                 if getattr(request, "variables", None) is not None or (endpoint == "chat.completions"
                                                                         and request.prompt is not None):
                     if isinstance(request.prompt, str):
                         self.keys.check_prompt_scope(key, request.prompt)
                     defaults = await render_registry_prompt(self.resolver, request, body, endpoint, ctx)
+                if ctx.trace is not None:
+                    ctx.trace.add_span("render", started, time.time_ns(), prompt=ctx.prompt_ref,
+                                       version=ctx.prompt_version)
                 plan = plan_generation(request, self.limits, endpoint, defaults.get("max_tokens"))
             if key is not None:
                 try:

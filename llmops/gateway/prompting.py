@@ -7,7 +7,6 @@ removed). The prompt's model config fills sampling fields the client left unset.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from llmops.gateway.errors import GatewayError, from_exception
@@ -28,7 +27,6 @@ async def render_registry_prompt(resolver: Any, request: Any, body: dict, endpoi
         raise GatewayError(400, "variables need a registry prompt: add \"prompt\": \"NAME@ALIAS\"", param="variables")
     if not isinstance(ref, str):
         raise GatewayError(400, "with variables, prompt must be a registry prompt ref (NAME@ALIAS)", param="prompt")
-    started = time.time_ns()
     prompt = await resolver.prompt(ref)
     ctx.prompt_ref, ctx.prompt_version = ref, prompt.ref
     ctx.headers["x-llmops-prompt-version"] = prompt.ref
@@ -61,6 +59,5 @@ async def render_registry_prompt(resolver: Any, request: Any, body: dict, endpoi
             setattr(request, name, value)
             body[name] = value
     if ctx.trace is not None:
-        ctx.trace.add_span("render", started, time.time_ns(), prompt=ref, version=prompt.ref)
         ctx.trace.set_tag("llmops.prompt_version", prompt.ref)
     return defaults

@@ -328,7 +328,7 @@ def test_each_request_leaves_one_trace(gateway):
 
     from llmops.registry.store import ensure_experiment
 
-    tracer = gateway["app"].state.gateway.tracer
+    tracer = gateway["app"].tracer
     assert tracer.flush(30)
     assert tracer.stats.dropped == 0 and tracer.stats.failed == 0
     experiment = ensure_experiment("gateway-test")
