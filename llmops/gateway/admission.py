@@ -73,7 +73,7 @@ def plan_generation(request: Any, limits: Any, endpoint: str, default_max_tokens
     n = request.n or 1
     if n > limits.max_n:
         raise _too_many("n", n, limits.max_n, "n")
-    best_of = getattr(request, "best_of", None) or n
+    best_of = request.declared("best_of") or n
     if best_of > limits.max_n:
         raise _too_many("best_of", best_of, limits.max_n, "best_of")
     stop = request.stop_list()
@@ -91,7 +91,7 @@ def plan_generation(request: Any, limits: Any, endpoint: str, default_max_tokens
     requested = request.requested_max_tokens()
     max_tokens = requested or default_max_tokens or limits.default_max_tokens
     if max_tokens > limits.max_tokens:
-        param = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
+        param = "max_completion_tokens" if request.declared("max_completion_tokens") else "max_tokens"
         raise _too_many(param, max_tokens, limits.max_tokens, param)
     prompt_tokens = sum(estimate_tokens(p) if isinstance(p, str) else len(p) for p in prompts)
     return Plan(sequences, max_tokens, sequences * max_tokens + prompt_tokens)

@@ -15,13 +15,18 @@ from typing import Any, Optional
 __all__ = ["RequestContext", "new_request_id"]
 
 
+# A private generator: code that seeds the global `random` (transformers' `set_seed`, tests) must not
+# make ids repeat.
+_IDS = random.Random()
+
+
 def new_request_id(prefix: str = "") -> str:
     """A fresh OpenAI-style id (`chatcmpl-…`, `cmpl-…`).
 
     From `random`, not `uuid4`: ids need not be secret, and `os.urandom` is a system call that drops
     the GIL, which the engine thread then holds for up to a switch interval (5 ms) under load.
     """
-    token = f"{random.getrandbits(128):032x}"
+    token = f"{_IDS.getrandbits(128):032x}"
     return f"{prefix}-{token}" if prefix else token
 
 

@@ -123,7 +123,7 @@ class Pipeline:
             else:
                 ctx.stream = bool(request.stream)
                 started = time.time_ns()
-                if getattr(request, "variables", None) is not None or (endpoint == "chat.completions"
+                if request.declared("variables") is not None or (endpoint == "chat.completions"
                                                                         and request.prompt is not None):
                     if isinstance(request.prompt, str):
                         self.keys.check_prompt_scope(key, request.prompt)

@@ -44,6 +44,13 @@ class _Request(BaseModel):
     # Unknown fields are accepted (newer clients keep working) and logged as ignored.
     model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True, allow_inf_nan=False)
 
+    def declared(self, name: str, default: Any = None) -> Any:
+        """The value of field `name` if this request type declares it, else `default`.
+
+        Unlike `getattr`, never returns an unknown (unvalidated) field a client sent under that name.
+        """
+        return getattr(self, name) if name in type(self).model_fields else default
+
 
 class _Response(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -115,19 +122,19 @@ class _SamplingFields(_Request):
 
     @model_validator(mode="after")
     def _min_within_max(self) -> "_SamplingFields":
-        minimum, maximum = getattr(self, "min_tokens", None), self.requested_max_tokens()
+        minimum, maximum = self.declared("min_tokens"), self.requested_max_tokens()
         if minimum is not None and maximum is not None and minimum > maximum:
             raise ValueError(f"min_tokens must be less than or equal to max_tokens={maximum}, got {minimum}")
         return self
 
     def stop_list(self) -> list[str]:
         """`stop` as a list."""
-        stop = getattr(self, "stop", None)
+        stop = self.declared("stop")
         return [stop] if isinstance(stop, str) else list(stop or [])
 
     def requested_max_tokens(self) -> Optional[int]:
         """`max_completion_tokens` or `max_tokens`, None when the client set neither."""
-        return getattr(self, "max_completion_tokens", None) or self.max_tokens
+        return self.declared("max_completion_tokens") or self.max_tokens
 
     def include_usage(self) -> bool:
         """True when the client asked for the usage chunk at the end of a stream."""

@@ -54,23 +54,23 @@ def _log_unknown_fields(request: Any, ctx: RequestContext) -> None:
 
 
 def _reject_unsupported(request: Any) -> None:
-    if getattr(request, "tools", None):
+    if request.declared("tools"):
         raise GatewayError(400, "tools are not supported by this model server", param="tools")
-    fmt = getattr(request, "response_format", None)
+    fmt = request.declared("response_format")
     if fmt and fmt.get("type", "text") != "text":
         raise GatewayError(400, f"response_format {fmt.get('type')!r} is not supported", param="response_format")
     for name in ("frequency_penalty", "presence_penalty"):
-        if getattr(request, name, 0):
+        if request.declared(name):
             raise GatewayError(400, f"{name} is not supported; use the repetition_penalty extension", param=name)
-    if getattr(request, "logit_bias", None):
+    if request.declared("logit_bias"):
         raise GatewayError(400, "logit_bias is not supported", param="logit_bias")
-    if getattr(request, "suffix", None):
+    if request.declared("suffix"):
         raise GatewayError(400, "suffix is not supported", param="suffix")
-    if getattr(request, "min_p", None):
+    if request.declared("min_p"):
         raise GatewayError(400, "min_p is not supported by the in-process engines", param="min_p")
-    if getattr(request, "min_tokens", None):
+    if request.declared("min_tokens"):
         raise GatewayError(400, "min_tokens is not supported by the in-process engines", param="min_tokens")
-    if getattr(request, "best_of", None) not in (None, getattr(request, "n", None) or 1):
+    if request.declared("best_of") not in (None, request.declared("n") or 1):
         raise GatewayError(400, "best_of other than n is not supported", param="best_of")
 
 
