@@ -435,3 +435,36 @@ def test_sigkill_leaves_only_readable_parquet_files(registry_folder, tmp_path):
         if process.poll() is None:
             process.kill()
         upstream.process.terminate()
+
+
+def test_evaluation_drives_a_fleet_config_in_process(registry_folder, tmp_path):
+    """`llmops eval run --gateway-config serving/gateway.vllm.yaml`: the evaluator enters the app's public
+    lifespan and sends its requests through the same pipeline, in front of the fleet."""
+    import asyncio
+
+    import yaml
+
+    from llmops.evaluation.generators import in_process_generator
+
+    replica = _Replica(latency_ms=1, chunks=3)
+    shipped = yaml.safe_load((ROOT / "serving" / "gateway.vllm.yaml").read_text())
+    shipped["engine"]["upstream"]["urls"] = [replica.url]
+    shipped.update(models=["tiny@production"], tracing={"enabled": False}, capture={"enabled": False})
+    config = tmp_path / "gateway.vllm.yaml"
+    config.write_text(yaml.safe_dump(shipped))
+
+    async def ask():
+        generator = await in_process_generator(str(config))
+        try:
+            return await generator.chat("tiny@production", MESSAGES, {"max_tokens": 3})
+        finally:
+            await generator.aclose()
+
+    cwd = os.getcwd()
+    os.chdir(registry_folder)
+    try:
+        answer = asyncio.run(ask())
+    finally:
+        os.chdir(cwd)
+        replica.process.terminate()
+    assert answer.text == " tok0 tok1 tok2" and answer.model_version == "tiny/1" and answer.output_tokens == 3
