@@ -7,6 +7,7 @@ not installed skips the test with the Debian package to install (`.ci/run` insta
     with redis_server() as url:                 # "redis://127.0.0.1:PORT/0"
     with postgres_database() as uri:            # "postgresql://llmops@127.0.0.1:PORT/llmops"
     with mlflow_server(backend_uri, tmp) as s:  # s.url, s.artifact_root; artifacts="proxied" | "shared"
+    with fake_replica(latency_ms=30) as url:    # "http://127.0.0.1:PORT", a replica speaking vLLM's API
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer"]
+__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "fake_replica"]
 
 
 def free_port() -> int:
@@ -170,3 +171,18 @@ def mlflow_server(backend_uri: str, folder: Path, artifacts: str = "proxied",
 def optional_program(name: str) -> Optional[str]:
     """The path of `name` when installed (PATH or PostgreSQL's bin folder), else None."""
     return shutil.which(name) or next(iter(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")), None)
+
+
+@contextlib.contextmanager
+def fake_replica(latency_ms: float = 30.0, chunks: int = 5) -> Iterator[str]:
+    """A replica speaking vLLM's OpenAI-compatible protocol (`benchmarks/_fake_upstream.py`): what a
+    gateway fleet is tested against where no GPU runs vLLM. Yields its base URL."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "_fake_upstream.py"
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(script), str(port), str(latency_ms), str(chunks)])
+    try:
+        _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200, process,
+              "the fake replica")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)

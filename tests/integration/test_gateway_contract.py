@@ -9,9 +9,8 @@ secret@production) with the same keys and limits, and every test runs against ea
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,19 +24,6 @@ KEYS = {"full": "sk-contract-full", "narrow": "sk-contract-narrow", "tight": "sk
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 LIMITS = {"max_n": 4, "max_tokens": 64, "default_max_tokens": 8, "max_prompts": 4, "max_sequences": 8,
           "max_stop": 2, "max_stop_length": 8, "max_embedding_inputs": 4, "max_body_bytes": 65536}
-
-
-def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url}: the replica exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +47,14 @@ def gw(request, registry_folder):
     from llmops.gateway import GatewayConfig, create_app
     from llmops.gateway.auth import hash_key
     from llmops.gateway.server import BackgroundServer
-    from tests.services import free_port
+    from tests.services import fake_replica
 
     torch.set_num_threads(1)
-    replica = None
+    stack = contextlib.ExitStack()
     engine: dict = {"num_threads": 1, "max_batch_size": 8}
     if request.param == "fleet":
-        port = free_port()
-        replica = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "_fake_upstream.py"), str(port), "30",
-                                    "5"])
-        _wait_http(f"http://127.0.0.1:{port}/health", replica)
-        engine = {"kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{port}"], "retries": 0}}
+        url = stack.enter_context(fake_replica(latency_ms=30, chunks=5))
+        engine = {"kind": "upstream", "upstream": {"urls": [url], "retries": 0}}
     traffic = registry_folder / f"traffic-{request.param}"
     config = GatewayConfig(
         preload=False, engine=engine, limits=LIMITS,
@@ -83,11 +66,8 @@ def gw(request, registry_folder):
             {"id": "tight", "sha256": hash_key(KEYS["tight"]), "tokens_per_minute": 150},
         ]})
     app = create_app(config)
-    with BackgroundServer(app) as server:
+    with stack, BackgroundServer(app) as server:
         yield {"url": server.url, "app": app, "traffic": traffic, "backend": request.param}
-    if replica is not None:
-        replica.terminate()
-        replica.wait(10)
 
 
 def _client(gw, key: str = "full") -> "openai.OpenAI":

@@ -10,10 +10,6 @@ front of a fake vLLM replica; a smaller run covers the in-process engine with th
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +18,6 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "sk-fuzz-0001"
 BASES = {
     "/v1/chat/completions": {"model": "tiny@production", "messages": [{"role": "user", "content": "Hi"}],
@@ -96,7 +91,7 @@ def _check(client: "httpx.Client", path: str, raw: bytes) -> None:
         json.loads(data)
 
 
-def _serve(folder: Path, engine: dict, limits: dict, traffic: Path):
+def _serve(folder, engine: dict, limits: dict, traffic: Path):
     from llmops.gateway import GatewayConfig, create_app
     from llmops.gateway.auth import hash_key
     from llmops.gateway.server import BackgroundServer
@@ -120,26 +115,15 @@ def registry_folder(tiny_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet(registry_folder):
-    from tests.services import free_port
+    from tests.services import fake_replica
 
-    port = free_port()
-    replica = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "_fake_upstream.py"), str(port), "1", "3"])
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline and replica.poll() is None, "the fake replica did not start"
-            time.sleep(0.1)
-    engine = {"kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{port}"], "retries": 0}}
-    app, server = _serve(registry_folder, engine, {"max_body_bytes": 262_144}, registry_folder / "traffic-fleet")
-    client = httpx.Client(base_url=server.url, timeout=60, headers={"authorization": f"Bearer {KEY}"})
-    yield {"app": app, "client": client}
-    client.close()
-    server.stop()
-    replica.terminate()
-    replica.wait(10)
+    with fake_replica(latency_ms=1, chunks=3) as url:
+        engine = {"kind": "upstream", "upstream": {"urls": [url], "retries": 0}}
+        app, server = _serve(registry_folder, engine, {"max_body_bytes": 262_144}, registry_folder / "traffic-fleet")
+        client = httpx.Client(base_url=server.url, timeout=60, headers={"authorization": f"Bearer {KEY}"})
+        yield {"app": app, "client": client}
+        client.close()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
