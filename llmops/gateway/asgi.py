@@ -13,7 +13,7 @@ import orjson
 
 from llmops.gateway.errors import GatewayError
 
-__all__ = ["read_body", "parse_json", "header", "send_json", "JSON_HEADERS"]
+__all__ = ["read_body", "parse_json", "header", "request_headers", "send_json", "JSON_HEADERS"]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -24,6 +24,18 @@ def header(scope: dict, name: bytes) -> Optional[str]:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+_WANTED = (b"authorization", b"x-request-id", b"content-length")
+
+
+def request_headers(scope: dict) -> dict[bytes, str]:
+    """The request headers the pipeline reads (authorization, x-request-id, content-length), in one pass."""
+    found = {}
+    for key, value in scope["headers"]:
+        if key in _WANTED:
+            found[key] = value.decode("latin-1")
+    return found
 
 
 async def read_body(receive: Callable, limit: int, declared: Optional[str] = None) -> bytes:

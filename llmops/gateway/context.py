@@ -58,9 +58,8 @@ class RequestContext:
     """Choice index -> generated token ids, collected only when set to a dict (traffic capture)."""
     finish_reasons: dict = field(default_factory=dict)
     _last_token_ns: dict = field(default_factory=dict)
-    _ttft: Any = None
-    _itl: Any = None
-    _success: Any = None
+    series: Any = None
+    """The model version's metric series (`GatewayMetrics.series`), once resolved."""
 
     def resolved(self, metrics: Any, labels: tuple[str, str], version_ref: str) -> None:
         """The model version is known: label metrics with it and tell the client."""
@@ -68,8 +67,7 @@ class RequestContext:
         self.model_version = version_ref
         self.headers["x-llmops-model-version"] = version_ref
         if metrics is not None:
-            self._ttft, self._itl = metrics.ttft.labels(*labels), metrics.itl.labels(*labels)
-            self._success = metrics.request_success
+            self.series = metrics.series(labels)
         if self.trace is not None:
             self.trace.set_tag("llmops.model", self.model)
             self.trace.set_tag("llmops.model_version", version_ref)
@@ -78,11 +76,11 @@ class RequestContext:
         """A token (or a streamed chunk of them) of choice `index` arrived at `now_ns`."""
         if self.first_token_ns is None:
             self.first_token_ns = now_ns
-            if self._ttft is not None:
-                self._ttft.observe((now_ns - self.arrival_ns) / 1e9)
+            if self.series is not None:
+                self.series.ttft.observe((now_ns - self.arrival_ns) / 1e9)
         last = self._last_token_ns.get(index)
-        if last is not None and self._itl is not None:
-            self._itl.observe((now_ns - last) / 1e9)
+        if last is not None and self.series is not None:
+            self.series.itl.observe((now_ns - last) / 1e9)
         self._last_token_ns[index] = now_ns
 
     def finish_choice(self, index: int, reason: Optional[str]) -> None:
@@ -90,8 +88,8 @@ class RequestContext:
         if reason is None or index in self.finish_reasons:
             return
         self.finish_reasons[index] = reason
-        if self._success is not None:
-            self._success.labels(*self.labels, reason).inc()
+        if self.series is not None:
+            self.series.finished(reason)
 
     def usage(self, prompt_tokens: Optional[int], completion_tokens: Optional[int]) -> None:
         """The tokens the request read and generated (as the backend counted them)."""

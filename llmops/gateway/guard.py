@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from llmops.gateway.errors import GatewayError
 
-__all__ = ["RequestGuard"]
+__all__ = ["RequestGuard", "UNGUARDED"]
 
 
 class RequestGuard:
@@ -65,3 +65,23 @@ class RequestGuard:
             return GatewayError(499, "client closed the request", code="client_closed_request")
         return GatewayError(504, f"the request took longer than {self.timeout:g} s and was cancelled",
                             code="timeout")
+
+
+class _Unguarded:
+    """For work that needs no guard (a fleet's non-streamed request: the replica finishes it, bounded by
+    `engine.upstream.timeout`); spares the watcher task and timer on the fleet's hot path."""
+
+    def __enter__(self) -> "_Unguarded":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def failure(self) -> None:
+        return None
+
+
+UNGUARDED = _Unguarded()

@@ -30,6 +30,9 @@ class InProcessBackend:
         config: `GatewayConfig`.
     """
 
+    cancels_unstreamed = True
+    """A client that leaves (or a timeout) cancels even a non-streamed generation."""
+
     def __init__(self, config: Any):
         from llmops.gateway.engines import create_engine_factory
         from llmops.gateway.router import EngineRouter

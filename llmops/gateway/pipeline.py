@@ -23,10 +23,10 @@ import orjson
 from pydantic import ValidationError
 
 from llmops.gateway.admission import Plan, plan_embeddings, plan_generation
-from llmops.gateway.asgi import header, parse_json, read_body, send_json
+from llmops.gateway.asgi import parse_json, read_body, request_headers, send_json
 from llmops.gateway.context import RequestContext, new_request_id
 from llmops.gateway.errors import GatewayError, from_validation_errors, internal_error
-from llmops.gateway.guard import RequestGuard
+from llmops.gateway.guard import UNGUARDED, RequestGuard
 from llmops.gateway.prompting import render_registry_prompt
 from llmops.gateway.ratelimit import RateLimitExceeded
 
@@ -92,7 +92,8 @@ class Pipeline:
 
     async def handle(self, scope: dict, receive: Callable, send: Callable, endpoint: str, model_cls: Any) -> None:
         """Serve one POST to a generation or embeddings endpoint."""
-        client_id = header(scope, b"x-request-id")
+        headers = request_headers(scope)
+        client_id = headers.get(b"x-request-id")
         ctx = RequestContext(new_request_id(), endpoint, client_request_id=client_id[:128] if client_id else None)
         ctx.headers["x-llmops-request-id"] = ctx.request_id
         ctx.headers["x-request-id"] = ctx.client_request_id or ctx.request_id
@@ -102,14 +103,14 @@ class Pipeline:
         reservation = call = reply = None
         status, error, running = 500, None, False
         try:
-            key = self.keys.authenticate(header(scope, b"authorization"))
+            key = self.keys.authenticate(headers.get(b"authorization"))
             if key is not None:
                 ctx.key_id = key.id
             if self.tracer is not None:  # after auth: strangers leave no traces
                 ctx.trace = self.tracer.begin(endpoint)
                 if ctx.trace is not None:
                     ctx.headers["x-llmops-trace-id"] = ctx.trace.trace_id
-            raw = await read_body(receive, self.limits.max_body_bytes, header(scope, b"content-length"))
+            raw = await read_body(receive, self.limits.max_body_bytes, headers.get(b"content-length"))
             body = parse_json(raw, self.limits.max_json_depth)
             try:
                 request = model_cls.model_validate(body)
@@ -144,7 +145,7 @@ class Pipeline:
             if ctx.trace is not None:
                 ctx.trace.add_span("resolve", started, time.time_ns(), ref=request.model, version=version.ref)
             call = Call(ctx, scope["path"], request, body, version, plan, defaults)
-            self.metrics.running.labels(*ctx.labels).inc()
+            ctx.series.running.inc()
             running = True
             reply = await self._dispatch(call, receive, send)
             status, error = reply.status, reply.error
@@ -159,13 +160,15 @@ class Pipeline:
         finally:
             self.in_flight -= 1
             if running:
-                self.metrics.running.labels(*ctx.labels).dec()
+                ctx.series.running.dec()
             await self._finish(ctx, status, error, call, reply, reservation)
 
     async def _dispatch(self, call: Call, receive: Callable, send: Callable) -> Reply:
         """Run the backend under the disconnect / timeout guard and send its reply."""
         ctx = call.ctx
-        guard = RequestGuard(receive, self.limits.request_timeout)
+        # A stream is always watched; a whole answer only where the backend can stop its work.
+        watched = ctx.stream or self.backend.cancels_unstreamed
+        guard = RequestGuard(receive, self.limits.request_timeout) if watched else UNGUARDED
         started = time.time_ns()
         with guard:
             try:
@@ -237,15 +240,15 @@ class Pipeline:
                 _log.warning("request %s: settling its rate-limit reservation failed", ctx.request_id,
                              exc_info=True)
         latency = time.perf_counter() - ctx.arrival
-        m, labels = self.metrics, ctx.labels
-        m.requests.labels(*labels, ctx.endpoint, str(status)).inc()
-        if labels[0]:
-            m.e2e.labels(*labels).observe(latency)
-            m.prompt_tokens.labels(*labels).inc(ctx.prompt_tokens)
-            m.generation_tokens.labels(*labels).inc(ctx.completion_tokens)
+        self.metrics.count_request(ctx.labels, ctx.endpoint, status)
+        series = ctx.series
+        if series is not None:
+            series.e2e.observe(latency)
+            series.prompt_tokens.inc(ctx.prompt_tokens)
+            series.generation_tokens.inc(ctx.completion_tokens)
             if status < 400 and ctx.endpoint != "embeddings":
-                m.request_prompt_tokens.labels(*labels).observe(ctx.prompt_tokens)
-                m.request_generation_tokens.labels(*labels).observe(ctx.completion_tokens)
+                series.request_prompt_tokens.observe(ctx.prompt_tokens)
+                series.request_generation_tokens.observe(ctx.completion_tokens)
         if ctx.trace is not None:
             self._trace(ctx, status, error, latency, call, reply)
         if self.capture is not None and call is not None and ctx.endpoint != "embeddings" and (

@@ -55,7 +55,7 @@ async def render_registry_prompt(resolver: Any, request: Any, body: dict, endpoi
         body["prompt"] = request.prompt = rendered
     defaults = {k: v for k, v in (prompt.model_config or {}).items() if k in PROMPT_DEFAULTS and v is not None}
     for name, value in defaults.items():
-        if name != "max_tokens" and name in type(request).model_fields and request.declared(name) is None:
+        if name != "max_tokens" and name in type(request).__pydantic_fields__ and request.declared(name) is None:
             setattr(request, name, value)
             body[name] = value
     if ctx.trace is not None:

@@ -49,7 +49,7 @@ class _Request(BaseModel):
 
         Unlike `getattr`, never returns an unknown (unvalidated) field a client sent under that name.
         """
-        return getattr(self, name) if name in type(self).model_fields else default
+        return getattr(self, name) if name in type(self).__pydantic_fields__ else default
 
 
 class _Response(BaseModel):

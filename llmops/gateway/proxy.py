@@ -49,6 +49,10 @@ class FleetBackend:
         capture: True when traffic capture is on (token ids are then requested from the replicas).
     """
 
+    cancels_unstreamed = False
+    """A non-streamed request runs to its end on the replica (bounded by `engine.upstream.timeout`);
+    streams are cancelled when the client leaves, which closes the replica's connection."""
+
     def __init__(self, config: Any, capture: bool = False):
         from llmops.gateway.engines.upstream import ReplicaPool
 

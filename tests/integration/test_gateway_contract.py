@@ -305,3 +305,31 @@ def test_capture_record_has_ids_versions_and_prompt_version(gw):
     assert record["prompt_ref"] == "qa@production" and record["prompt_version"] == "qa/1"
     assert record["status"] == 200 and record["completion_tokens"] == raw.parse().usage.completion_tokens
     assert record["finish_reasons"] and record["prompt_token_ids"] and record["completion_token_ids"]
+
+
+# ------------------------------------------------------------------------------------- OpenAPI
+
+
+def test_openapi_describes_every_endpoint_with_openai_field_names(gw):
+    document = httpx.get(gw["url"] + "/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    for path, request, response in (("/v1/chat/completions", "ChatCompletionRequest", "ChatCompletionResponse"),
+                                    ("/v1/completions", "CompletionRequest", "CompletionResponse"),
+                                    ("/v1/embeddings", "EmbeddingRequest", "EmbeddingResponse")):
+        operation = document["paths"][path]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + request)
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + response)
+        for status in ("400", "401", "403", "404", "413", "429", "500"):
+            assert operation["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "/ErrorResponse")
+    assert document["paths"]["/v1/models"]["get"]["responses"]["200"]
+    assert {"messages", "model", "max_completion_tokens", "stream_options", "top_logprobs"} <= set(
+        schemas["ChatCompletionRequest"]["properties"])
+    assert schemas["ChatCompletionRequest"]["required"] == ["model"]
+    assert set(schemas["ErrorDetail"]["properties"]) == {"message", "type", "param", "code"}
+    assert {"id", "object", "created", "model", "choices", "usage"} <= set(schemas["ChatCompletionResponse"]["properties"])
+    # The document is what the gateway enforces: a value outside a declared range is refused.
+    top_p = schemas["ChatCompletionRequest"]["properties"]["top_p"]["anyOf"][0]
+    assert top_p["exclusiveMinimum"] == 0.0 and top_p["maximum"] == 1.0
+    _assert_openai_error(_post(gw, "/v1/chat/completions", {"model": "tiny@production", "messages": MESSAGES,
+                                                            "top_p": 0}), 400, "top_p")
