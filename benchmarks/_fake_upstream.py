@@ -1,5 +1,13 @@
 """A fixed-latency OpenAI-compatible upstream: canned answers after `latency_ms`, streams of `chunks`
 canned tokens, `/health`, `/v1/models` and vLLM's `/v1/load_lora_adapter` (counted per name).
+A body with `"fake_crash": true` kills the process (a request that crashes its replica, for tests);
+`"fake_latency_ms": N` answers that request after N ms instead.
+
+It follows vLLM's OpenAI-compatible protocol where the gateway depends on it
+(vllm/entrypoints/openai/protocol.py and serving_chat.py): `return_token_ids` adds `prompt_token_ids`
+and per-choice `token_ids`; streams are `data: {...}` events ending with `data: [DONE]`; with
+`stream_options.include_usage` the last event has `"choices": []` and the usage; errors are
+`{"error": {"message", "type", "param", "code"}}` with the HTTP status as `code`.
 
     python benchmarks/_fake_upstream.py PORT [LATENCY_MS] [CHUNKS]
 
@@ -11,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
 LOADS: dict[str, int] = {}
+REQUESTS = [0]  # generation requests received
 
 
 def make_app(latency_ms: float = 20.0, chunks: int = 20):
@@ -77,12 +87,34 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
             return
         if path == "/stats":
             await send({"type": "http.response.start", "status": 200, "headers": json_header})
-            await send({"type": "http.response.body", "body": json.dumps({"loads": LOADS}).encode()})
+            await send({"type": "http.response.body",
+                        "body": json.dumps({"loads": LOADS, "requests": REQUESTS[0]}).encode()})
             return
-        body = json.loads(raw or b"{}")
+        REQUESTS[0] += 1
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            error = {"error": {"message": "invalid JSON", "type": "BadRequestError", "param": None, "code": 400}}
+            await send({"type": "http.response.start", "status": 400, "headers": json_header})
+            await send({"type": "http.response.body", "body": json.dumps(error).encode()})
+            return
+        if body.get("fake_crash"):
+            os._exit(1)
+        if path == "/v1/embeddings":
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)) else inputs or []
+            data = [{"object": "embedding", "index": i, "embedding": [0.125] * 8} for i in range(len(inputs))]
+            tokens = sum(len(x) if isinstance(x, list) else len(str(x).split()) for x in inputs)
+            payload = {"object": "list", "model": body.get("model"), "data": data,
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            await send({"type": "http.response.start", "status": 200, "headers": json_header})
+            await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+            return
         chat = path.endswith("chat/completions")
         if not body.get("stream"):
-            await asyncio.sleep(delay)
+            await asyncio.sleep(body.get("fake_latency_ms", latency_ms) / 1000.0)
             await send({"type": "http.response.start", "status": 200, "headers": json_header})
             await send({"type": "http.response.body", "body": answer(body, chat)})
             return

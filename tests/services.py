@@ -8,6 +8,7 @@ not installed skips the test with the Debian package to install (`.ci/run` insta
     with postgres_database() as uri:            # "postgresql://llmops@127.0.0.1:PORT/llmops"
     with mlflow_server(backend_uri, tmp) as s:  # s.url, s.artifact_root; artifacts="proxied" | "shared"
     with s3_server(tmp) as s3:                  # s3.uri("prefix") -> "s3://BUCKET/prefix"; s3.env: AWS_* variables
+    with fake_replica(latency_ms=30) as url:    # "http://127.0.0.1:PORT", a replica speaking vLLM's API
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Callable, Iterator, Optional
 import pytest
 
 __all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "s3_server", "S3Server"]
+__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "fake_replica"]
 
 
 def free_port() -> int:
@@ -236,3 +238,16 @@ def s3_server(folder: Path, bucket: str = "llmops") -> Iterator[S3Server]:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+@contextlib.contextmanager
+def fake_replica(latency_ms: float = 30.0, chunks: int = 5) -> Iterator[str]:
+    """A replica speaking vLLM's OpenAI-compatible protocol (`benchmarks/_fake_upstream.py`): what a
+    gateway fleet is tested against where no GPU runs vLLM. Yields its base URL."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "_fake_upstream.py"
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(script), str(port), str(latency_ms), str(chunks)])
+    try:
+        _wait(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200, process,
+              "the fake replica")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)

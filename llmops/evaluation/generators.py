@@ -158,8 +158,9 @@ async def in_process_generator(config_path: Optional[str] = None) -> ChatGenerat
     config = load_config(config_path, GatewayConfig) if config_path else GatewayConfig(tracing={"enabled": False})
     app = create_app(config)
     stack = contextlib.AsyncExitStack()
-    # httpx's ASGI transport does not run the app's lifespan; enter it ourselves so engines start and stop.
-    await stack.enter_async_context(app.router.lifespan_context(app))
+    # httpx's ASGI transport does not run the app's lifespan; enter it ourselves so engines (or the
+    # connection pool of an upstream fleet) start and stop.
+    await stack.enter_async_context(app.lifespan())
     client = await stack.enter_async_context(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://llmops.local", timeout=600))
 

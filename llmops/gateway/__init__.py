@@ -1,7 +1,8 @@
 """The inference gateway: an OpenAI-compatible API over registry models and prompts.
 
-`create_app(config)` builds the FastAPI app; `llmops serve` runs it under uvicorn. Importing this
-package is cheap: FastAPI, torch and MLflow load with `create_app`.
+`create_app(config)` builds the app (one request pipeline over in-process engines or an upstream
+fleet) with a public `lifespan()`; `llmops serve` runs it under uvicorn. Importing this package is
+cheap: torch and MLflow load when the app starts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ __all__ = ["GatewayConfig", "create_app"]
 
 
 def create_app(config: GatewayConfig | None = None) -> Any:
-    """The gateway's ASGI app (see `llmops.gateway.app.create_app`)."""
+    """The gateway's ASGI app, a `llmops.gateway.app.GatewayApp` (see `llmops.gateway.app.create_app`)."""
     from llmops.gateway.app import create_app as _create_app
 
     return _create_app(config)

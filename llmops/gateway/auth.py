@@ -7,12 +7,14 @@
         - id: team-search                    # shows in logs, metrics, traces and captured traffic
           sha256: 9f86d081884c7d65...        # `llmops keys hash` prints a new key and its hash
           models: ["capitals@*", "tiny/*"]   # fnmatch patterns over the requested model ref
+          prompts: ["capitals-*"]            # fnmatch patterns over registry prompt refs (`prompt`)
           requests_per_minute: 600
           tokens_per_minute: 200000
 
 The gateway never sees a plain key after hashing the `Authorization: Bearer` header, and only the
-key's `id` travels further (logs, traces, capture). A missing or unknown key is a 401, a model outside
-the key's patterns a 403, both in OpenAI's error shape.
+key's `id` travels further (logs, traces, capture). A missing or unknown key is a 401; a model or a
+registry prompt outside the key's patterns is a 403 (and `/v1/models` lists only the key's models),
+all in OpenAI's error shape.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ApiKeyConfig(ConfigModel):
     """SHA-256 hex digest of the key (`llmops keys hash` prints a new key and this digest)."""
     models: list[str] = ["*"]
     """fnmatch patterns over the requested model ref (`capitals@*`, `tiny/*`, `*`)."""
+    prompts: list[str] = ["*"]
+    """fnmatch patterns over the registry prompt refs the key may render (`capitals-qa@*`); the
+    pattern `capitals-qa*` also matches `capitals-qa/3`. `[]`: no registry prompts."""
     requests_per_minute: Optional[int] = Field(None, ge=1)
     """Most requests per minute (a token bucket: bursts up to this many); None: unlimited."""
     tokens_per_minute: Optional[int] = Field(None, ge=1)
@@ -116,7 +121,7 @@ class KeyChecker:
         self.enabled = config.enabled
         self.metrics_require_key = config.metrics_require_key
         self._by_hash = {k.sha256: k for k in config.keys}
-        self._scopes: dict[tuple[str, str], bool] = {}
+        self._scopes: dict[tuple[str, str, str], bool] = {}
 
     def authenticate(self, authorization: Optional[str]) -> Optional[ApiKeyConfig]:
         """The key presented in an `Authorization` header value; None when auth is disabled.
@@ -138,17 +143,28 @@ class KeyChecker:
             raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key")
         return key
 
+    def allows_model(self, key: Optional[ApiKeyConfig], model: str) -> bool:
+        """True when `key` (None: auth off) may call `model`."""
+        return key is None or self._allowed(key, "models", model)
+
     def check_scope(self, key: Optional[ApiKeyConfig], model: str) -> None:
         """Raise a 403 GatewayError when `key` may not call `model` (no-op for None)."""
-        if key is None:
-            return
-        cache_key = (key.id, model)
-        allowed = self._scopes.get(cache_key)
-        if allowed is None:
-            allowed = fnmatch_any(model, key.models)
-            if len(self._scopes) > 100_000:
-                self._scopes.clear()
-            self._scopes[cache_key] = allowed
-        if not allowed:
+        if key is not None and not self._allowed(key, "models", model):
             raise GatewayError(403, f"The API key {key.id!r} may not call the model `{model}`.", param="model",
                                code="model_not_allowed")
+
+    def check_prompt_scope(self, key: Optional[ApiKeyConfig], prompt: str) -> None:
+        """Raise a 403 GatewayError when `key` may not render the registry prompt `prompt`."""
+        if key is not None and not self._allowed(key, "prompts", prompt):
+            raise GatewayError(403, f"The API key {key.id!r} may not use the registry prompt `{prompt}`.",
+                               param="prompt", code="prompt_not_allowed")
+
+    def _allowed(self, key: ApiKeyConfig, kind: str, ref: str) -> bool:
+        cache_key = (key.id, kind, ref)
+        allowed = self._scopes.get(cache_key)
+        if allowed is None:
+            allowed = fnmatch_any(ref, getattr(key, kind))
+            if len(self._scopes) > 100_000:  # refs come from clients: keep the cache bounded
+                self._scopes.clear()
+            self._scopes[cache_key] = allowed
+        return allowed

@@ -98,16 +98,32 @@ class TracingConfig(ConfigModel):
 
 
 class LimitsConfig(ConfigModel):
-    """Guards against oversized or runaway requests."""
+    """Bounds on every count and length a request carries, the same on both backends (400 beyond)."""
 
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest request body accepted; larger bodies get 413."""
+    max_json_depth: int = Field(64, ge=4, le=512)
+    """Deepest nesting of arrays and objects in a request body."""
     max_tokens: int = Field(1024, ge=1)
     """Largest `max_tokens` / `max_completion_tokens` a request may ask for (400 beyond)."""
     default_max_tokens: int = Field(256, ge=1)
-    """`max_tokens` of a request that sets none (capped by the model's context length)."""
+    """`max_tokens` of a request that sets none (also forwarded to an upstream fleet, so every
+    generation has a bound its rate limit can reserve)."""
     max_n: int = Field(16, ge=1)
-    """Largest `n` (choices per request)."""
+    """Largest `n` (choices per prompt)."""
+    max_prompts: int = Field(64, ge=1)
+    """Most prompts in one `/v1/completions` request (a list of strings or of token-id lists)."""
+    max_sequences: int = Field(64, ge=1)
+    """Most sequences one request generates: prompts x `n`."""
+    max_stop: int = Field(4, ge=0)
+    """Most stop sequences per request (OpenAI allows 4)."""
+    max_stop_length: int = Field(128, ge=1)
+    """Longest stop sequence, in characters."""
+    max_embedding_inputs: int = Field(256, ge=1)
+    """Most inputs in one `/v1/embeddings` request."""
+    max_embedding_tokens: int = Field(65_536, ge=1)
+    """Most input tokens in one `/v1/embeddings` request (counted by the tokenizer in process; a fleet,
+    which does not tokenize, counts UTF-8 bytes / 4, rounded up, per string input)."""
     request_timeout: float = Field(300.0, gt=0.0)
     """Seconds a request may take before it is cancelled (504)."""
 
@@ -115,6 +131,8 @@ class LimitsConfig(ConfigModel):
     def _default_within_max(self) -> "LimitsConfig":
         if self.default_max_tokens > self.max_tokens:
             raise ValueError("limits.default_max_tokens must not exceed limits.max_tokens")
+        if self.max_n > self.max_sequences:
+            raise ValueError("limits.max_n must not exceed limits.max_sequences")
         return self
 
 

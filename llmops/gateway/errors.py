@@ -2,7 +2,8 @@
 
 Serving logic raises `GatewayError` (or lets an `LlmopsError` through); the routes turn it into a
 JSON body `{"error": {"message", "type", "param", "code"}}` with the HTTP status. A client's mistake
-is always a 4xx; only a bug in llmops is a 500.
+is always a 4xx; only a bug in llmops is a 500, whose body says "internal error" and the request id
+to look up in the gateway's log, never the exception's text.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from typing import Any, Optional
 
 from llmops.errors import ConfigError, LlmopsError, MissingExtraError, NotFoundError, PromptRenderError
 
-__all__ = ["GatewayError", "error_body", "from_exception", "from_validation_errors"]
+__all__ = ["GatewayError", "error_body", "from_exception", "from_validation_errors", "internal_error"]
 
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "invalid_request_error",
     408: "timeout_error",
+    403: "permission_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -64,13 +67,25 @@ def from_exception(error: BaseException, param: Optional[str] = None) -> Gateway
         return GatewayError(503, str(error), code="missing_dependency")
     if isinstance(error, (LlmopsError, ConfigError)):
         return GatewayError(400, str(error), param=param, code="invalid_value")
-    return GatewayError(500, f"internal error: {type(error).__name__}: {error}", code="internal_error")
+    return internal_error()
+
+
+def internal_error(request_id: str = "") -> GatewayError:
+    """The 500 a client sees for a bug: no internal detail, only the id that finds it in the log."""
+    where = f" (request id {request_id}; see the gateway log)" if request_id else ""
+    return GatewayError(500, f"internal error{where}", code="internal_error")
+
+
+# pydantic names the union member it tried in `loc`; clients want the field path only.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list[str]", "list[int]", "list[list[int]]", "list[_ContentPart]",
+              "constrained-int", "constrained-float"}
 
 
 def from_validation_errors(errors: list[dict[str, Any]]) -> GatewayError:
     """A 400 naming the first invalid field of a pydantic validation failure (and how many more)."""
     first = errors[0]
-    loc = [str(part) for part in first.get("loc", ()) if not str(part).startswith(("function-", "tagged-union"))]
+    loc = [str(part) for part in first.get("loc", ())
+           if not str(part).startswith(("function-", "tagged-union")) and str(part) not in _TYPE_TAGS]
     param = ".".join(loc) or None
     if first.get("type") == "missing":
         message = f"'{param}' is a required property"

@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-__all__ = ["GatewayMetrics", "CONTENT_TYPE"]
+__all__ = ["GatewayMetrics", "ModelSeries", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LABELS = ("model", "version")
@@ -52,6 +52,8 @@ class GatewayMetrics:
             buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=r)
         self._background = _BackgroundCollector()
         r.register(self._background)
+        self._series: dict[tuple, "ModelSeries"] = {}
+        self._requests: dict[tuple, Any] = {}
 
     def watch(self, *batchers: Any) -> None:
         """Export the stats of background writers (`BackgroundBatcher`s, each under its `name`)."""
@@ -59,9 +61,47 @@ class GatewayMetrics:
             if batcher is not None:
                 self._background.batchers[batcher.name] = batcher
 
+    def series(self, labels: tuple[str, str]) -> "ModelSeries":
+        """The per-model children of every family, cached: `labels()` takes a lock and hashes on each
+        call, and a request touches a dozen series. Labels are registry names, never raw client input."""
+        found = self._series.get(labels)
+        if found is None:
+            found = self._series[labels] = ModelSeries(self, labels)
+        return found
+
+    def count_request(self, labels: tuple[str, str], endpoint: str, status: int) -> None:
+        """One finished request of `endpoint` with HTTP `status`."""
+        key = (labels, endpoint, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*labels, endpoint, str(status))
+        child.inc()
+
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class ModelSeries:
+    """The series of one (model, version)."""
+
+    __slots__ = ("labels", "ttft", "itl", "e2e", "prompt_tokens", "generation_tokens", "running",
+                 "request_prompt_tokens", "request_generation_tokens", "_success", "_finished")
+
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str]):
+        self.labels = labels
+        for name in ("ttft", "itl", "e2e", "prompt_tokens", "generation_tokens", "running", "request_prompt_tokens",
+                     "request_generation_tokens"):
+            setattr(self, name, getattr(metrics, name).labels(*labels))
+        self._success = metrics.request_success
+        self._finished: dict[str, Any] = {}
+
+    def finished(self, reason: str) -> None:
+        """One choice finished with `reason`."""
+        child = self._finished.get(reason)
+        if child is None:
+            child = self._finished[reason] = self._success.labels(*self.labels, reason)
+        child.inc()
 
 
 class _BackgroundCollector:

@@ -9,9 +9,9 @@ the serving layer logs them as ignored.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "ErrorDetail",
@@ -35,8 +35,21 @@ __all__ = [
 ]
 
 
+_INT64 = (-(2**63), 2**63 - 1)  # vLLM's seed range (`protocol.py`: ge=_LONG_INFO.min, le=_LONG_INFO.max)
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # Strict types, as OpenAI's JSON schema has them: `"stream": "true"` is a 400 on both backends,
+    # never a silent coercion, so what the upstream fleet forwards is exactly what was validated.
+    # Unknown fields are accepted (newer clients keep working) and logged as ignored.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True, allow_inf_nan=False)
+
+    def declared(self, name: str, default: Any = None) -> Any:
+        """The value of field `name` if this request type declares it, else `default`.
+
+        Unlike `getattr`, never returns an unknown (unvalidated) field a client sent under that name.
+        """
+        return getattr(self, name) if name in type(self).__pydantic_fields__ else default
 
 
 class _Response(BaseModel):
@@ -92,32 +105,48 @@ class StreamOptions(_Request):
 
 
 _Stop = Union[str, list[str], None]
+Seed = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
 
 
 class _SamplingFields(_Request):
-    """Fields shared by chat and text completions, validated the same way."""
+    """Fields shared by chat and text completions, checked the way vLLM's `SamplingParams._verify_args`
+    checks them (vllm/sampling_params.py), so both backends refuse the same values with a 400."""
 
     @field_validator("stop", check_fields=False)
     @classmethod
     def _stop_list(cls, stop: _Stop) -> _Stop:
         items = [stop] if isinstance(stop, str) else (stop or [])
-        if len(items) > 4:
-            raise ValueError("at most 4 stop sequences")
         if any(not item for item in items):
-            raise ValueError("stop sequences must not be empty")
+            raise ValueError("stop cannot contain an empty string")
         return stop
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "_SamplingFields":
+        minimum, maximum = self.declared("min_tokens"), self.requested_max_tokens()
+        if minimum is not None and maximum is not None and minimum > maximum:
+            raise ValueError(f"min_tokens must be less than or equal to max_tokens={maximum}, got {minimum}")
+        return self
 
     def stop_list(self) -> list[str]:
         """`stop` as a list."""
-        stop = getattr(self, "stop", None)
+        stop = self.declared("stop")
         return [stop] if isinstance(stop, str) else list(stop or [])
+
+    def requested_max_tokens(self) -> Optional[int]:
+        """`max_completion_tokens` or `max_tokens`, None when the client set neither."""
+        return self.declared("max_completion_tokens") or self.max_tokens
+
+    def include_usage(self) -> bool:
+        """True when the client asked for the usage chunk at the end of a stream."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatCompletionRequest(_SamplingFields):
     """`POST /v1/chat/completions`. `messages` may be omitted when a registry `prompt` supplies them."""
 
+    # Ordered as in OpenAI's API reference (https://platform.openai.com/docs/api-reference/chat/create).
     messages: Optional[list[ChatMessage]] = None
-    model: str
+    model: str = Field(min_length=1)
     frequency_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = None
     logprobs: Optional[bool] = False
@@ -127,7 +156,7 @@ class ChatCompletionRequest(_SamplingFields):
     n: Optional[int] = Field(1, ge=1)
     presence_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
     response_format: Optional[dict[str, Any]] = None
-    seed: Optional[int] = None
+    seed: Optional[Seed] = None
     stop: _Stop = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
@@ -136,29 +165,33 @@ class ChatCompletionRequest(_SamplingFields):
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Optional[Union[str, dict[str, Any]]] = None
     user: Optional[str] = None
-    # --- extensions (vLLM's sampling parameters; llmops' registry prompts) ---
+    # --8<-- [start:chat-completion-extra-params] vLLM's sampling parameters; llmops' registry prompts
     top_k: Optional[int] = Field(None, ge=-1)
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     repetition_penalty: Optional[float] = Field(None, gt=0.0)
+    min_tokens: Optional[int] = Field(None, ge=0)
     ignore_eos: Optional[bool] = False
     prompt: Optional[str] = None
     """A registry prompt ref (`NAME@ALIAS`) rendered with `variables` in front of `messages`."""
     variables: Optional[dict[str, Any]] = None
+    # --8<-- [end:chat-completion-extra-params]
 
 
 class CompletionRequest(_SamplingFields):
     """`POST /v1/completions`. With `variables` present, `prompt` is a registry prompt ref."""
 
-    model: str
+    # Ordered as in OpenAI's API reference (https://platform.openai.com/docs/api-reference/completions/create).
+    model: str = Field(min_length=1)
     prompt: Union[str, list[str], list[int], list[list[int]]]
-    best_of: Optional[int] = None
+    best_of: Optional[int] = Field(None, ge=1)
     echo: Optional[bool] = False
     frequency_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = None
     logprobs: Optional[int] = Field(None, ge=0, le=5)
-    max_tokens: Optional[int] = Field(16, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1)
     n: Optional[int] = Field(1, ge=1)
     presence_penalty: Optional[float] = Field(0.0, ge=-2.0, le=2.0)
-    seed: Optional[int] = None
+    seed: Optional[Seed] = None
     stop: _Stop = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
@@ -166,20 +199,24 @@ class CompletionRequest(_SamplingFields):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     user: Optional[str] = None
-    # --- extensions ---
+    # --8<-- [start:completion-extra-params]
     top_k: Optional[int] = Field(None, ge=-1)
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     repetition_penalty: Optional[float] = Field(None, gt=0.0)
+    min_tokens: Optional[int] = Field(None, ge=0)
     ignore_eos: Optional[bool] = False
     variables: Optional[dict[str, Any]] = None
+    """With `variables`, `prompt` is a registry prompt ref rendered server-side."""
+    # --8<-- [end:completion-extra-params]
 
 
 class EmbeddingRequest(_Request):
     """`POST /v1/embeddings`: mean-pooled, L2-normalised last hidden states of the served base model."""
 
     input: Union[str, list[str], list[int], list[list[int]]]
-    model: str
+    model: str = Field(min_length=1)
     encoding_format: Optional[Literal["float", "base64"]] = "float"
-    dimensions: Optional[int] = None
+    dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
 
 

@@ -1,11 +1,14 @@
-"""Assemble OpenAI responses and SSE streams from generated choices."""
+"""Assemble OpenAI responses and SSE streams from generated choices (in-process backend).
+
+A stream ends with `data: [DONE]`; an error in its middle propagates to the pipeline, which reports
+it in-band the same way for both backends.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any, AsyncIterator, Optional
 
-from llmops.gateway.errors import from_exception
 from llmops.gateway.protocol import (
     ChatCompletionChunk,
     ChatCompletionResponse,
@@ -18,6 +21,9 @@ from llmops.gateway.protocol import (
 )
 
 __all__ = ["chat_response", "chat_stream", "completion_response", "completion_stream", "sse"]
+
+
+DONE = "data: [DONE]\n\n"
 
 
 def sse(payload: Any) -> str:
@@ -89,16 +95,6 @@ def completion_response(prepared: Any, ctx: Any, choices: list, model: str, resp
     )
 
 
-async def _guarded(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Turn an error in the middle of a stream into an SSE error event, as vLLM and OpenAI do."""
-    try:
-        async for item in events:
-            yield item
-    except Exception as error:  # the status line is already sent: report in-band
-        yield sse(from_exception(error).body())
-    yield "data: [DONE]\n\n"
-
-
 def chat_stream(service: Any, prepared: Any, ctx: Any, model: str, response_id: str,
                 include_usage: bool) -> AsyncIterator[str]:
     """SSE chunks: a role chunk per choice, content deltas, a finish chunk, then usage if asked."""
@@ -120,8 +116,9 @@ def chat_stream(service: Any, prepared: Any, ctx: Any, model: str, response_id: 
                     {"index": index, "delta": {"content": delta}, "logprobs": logprobs}]))
         if include_usage:
             yield sse(ChatCompletionChunk(id=response_id, model=model, choices=[], usage=_usage(ctx)))
+        yield DONE
 
-    return _guarded(events())
+    return events()
 
 
 def completion_stream(service: Any, prepared: Any, ctx: Any, model: str, response_id: str,
@@ -144,5 +141,6 @@ def completion_stream(service: Any, prepared: Any, ctx: Any, model: str, respons
                     {"index": index, "text": delta, "logprobs": logprobs}]))
         if include_usage:
             yield sse(CompletionResponse(id=response_id, model=model, choices=[], usage=_usage(ctx)))
+        yield DONE
 
-    return _guarded(events())
+    return events()

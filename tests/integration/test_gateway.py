@@ -258,7 +258,7 @@ def test_unknown_fields_are_accepted(client):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_cancels_generation(gateway, stream):
-    engine = next(iter(gateway["app"].state.gateway.router.engines().values()))
+    engine = next(iter(gateway["app"].backend.router.engines().values()))
     aborted = engine.stats()["aborted"]
     body = {"model": "tiny@production", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400,
             "ignore_eos": True, "stream": stream}
@@ -328,7 +328,7 @@ def test_each_request_leaves_one_trace(gateway):
 
     from llmops.registry.store import ensure_experiment
 
-    tracer = gateway["app"].state.gateway.tracer
+    tracer = gateway["app"].tracer
     assert tracer.flush(30)
     assert tracer.stats.dropped == 0 and tracer.stats.failed == 0 and tracer.stats.queued == 0
     experiment = ensure_experiment("gateway-test")

@@ -98,9 +98,9 @@ def test_capture_has_a_record_per_request_with_the_right_token_ids(gateway):
     from llmops.gateway import capture
 
     client = _client(gateway)
-    engine = next(iter(gateway["app"].state.gateway.router.engines().values()))
+    engine = next(iter(gateway["app"].backend.router.engines().values()))
     traffic = gateway["folder"] / "traffic"
-    gateway["app"].state.gateway.capture.flush()
+    gateway["app"].capture.flush()
     before = {r["request_id"] for r in capture.read(root=traffic)}
     expected = {}
     for question in ("Peru", "Chile", "Japan"):
@@ -134,7 +134,7 @@ def test_capture_has_a_record_per_request_with_the_right_token_ids(gateway):
 
 
 def test_no_plain_key_in_config_logs_traces_or_traffic(gateway, logs):
-    app_gateway = gateway["app"].state.gateway
+    app_gateway = gateway["app"]
     app_gateway.capture.flush()
     time.sleep(0.5)  # one more trace flush
     files = [gateway["config"], gateway["folder"] / "mlflow.db", *(gateway["folder"] / "traffic").rglob("*.parquet")]

@@ -1,4 +1,4 @@
-"""The upstream gateway path end to end: replicas on 127.0.0.1 behind the llmops proxy, driven by the
+"""The upstream fleet backend end to end: replicas on 127.0.0.1 behind the llmops gateway, driven by the
 official `openai` client.
 
 Two kinds of replicas: the benchmark's fixed-latency OpenAI-compatible server (fast to start and to
@@ -81,6 +81,10 @@ class _Replica:
     def loads(self) -> dict:
         return httpx.get(self.url + "/stats").json()["loads"]
 
+    def received(self) -> int:
+        """Generation requests this replica process has received."""
+        return httpx.get(self.url + "/stats").json()["requests"]
+
 
 def _serve_in_thread(app, port: int):
     import uvicorn
@@ -109,30 +113,28 @@ def registry_folder(tiny_store, tiny_model_path, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fleet(registry_folder, caplog_module):
-    """Two fake replicas behind the proxy, with keys, a rate-limited key and traffic capture."""
-    from llmops.gateway.auth import AuthConfig, hash_key
-    from llmops.gateway.capture import CaptureWriter
-    from llmops.gateway.engines.upstream import UpstreamConfig
-    from llmops.gateway.metrics import GatewayMetrics
-    from llmops.gateway.proxy import RegistryResolver, UpstreamProxy
+    """Two fake replicas behind the gateway, with keys, a rate-limited key and traffic capture."""
+    from llmops.gateway import GatewayConfig, create_app
+    from llmops.gateway.auth import hash_key
 
     replicas = [_Replica(), _Replica()]
-    auth = AuthConfig(enabled=True, keys=[
-        {"id": "team-full", "sha256": hash_key(KEYS["full"])},
-        {"id": "team-narrow", "sha256": hash_key(KEYS["narrow"]), "models": ["tiny@*"]},
-        {"id": "team-slow", "sha256": hash_key(KEYS["slow"]), "requests_per_minute": 2},
-    ])
     traffic = registry_folder / "traffic"
-    capture = CaptureWriter(traffic, flush_interval=0.1)
-    upstream = UpstreamConfig(urls=[r.url for r in replicas], health_interval=0.3, health_timeout=0.5,
-                              retries=2, retry_backoff=0.01, timeout=10)
-    from llmops.gateway.config import TracingConfig
-
-    proxy = UpstreamProxy(upstream, RegistryResolver(None, refresh_interval=1.0), auth=auth, capture=capture,
-                          metrics=GatewayMetrics(), tracing=TracingConfig(flush_interval=0.1, experiment="upstream"))
+    config = GatewayConfig(
+        refresh_interval=1.0, preload=False,
+        engine={"kind": "upstream", "upstream": {
+            "urls": [r.url for r in replicas], "health_interval": 0.3, "health_timeout": 0.5, "retries": 2,
+            "retry_backoff": 0.01, "timeout": 10}},
+        tracing={"flush_interval": 0.1, "experiment": "upstream"},
+        capture={"enabled": True, "path": str(traffic), "flush_interval": 0.1},
+        auth={"enabled": True, "keys": [
+            {"id": "team-full", "sha256": hash_key(KEYS["full"])},
+            {"id": "team-narrow", "sha256": hash_key(KEYS["narrow"]), "models": ["tiny@*"]},
+            {"id": "team-slow", "sha256": hash_key(KEYS["slow"]), "requests_per_minute": 2},
+        ]})
+    app = create_app(config)
     port = _free_port()
-    server, thread = _serve_in_thread(proxy, port)
-    yield {"url": f"http://127.0.0.1:{port}", "replicas": replicas, "proxy": proxy, "traffic": traffic}
+    server, thread = _serve_in_thread(app, port)
+    yield {"url": f"http://127.0.0.1:{port}", "replicas": replicas, "app": app, "traffic": traffic}
     server.should_exit = True
     thread.join(30)
     for replica in replicas:
@@ -224,13 +226,18 @@ def test_no_key_401_outside_scope_403_over_rate_429(fleet):
     assert httpx.get(fleet["url"] + "/v1/models").status_code == 401
 
 
-def test_killing_a_replica_loses_no_request_and_health_checks_bring_it_back(fleet):
+def test_a_killed_replica_fails_only_its_requests_in_flight_and_health_checks_bring_it_back(fleet):
     client = _client(fleet)
     victim, survivor = fleet["replicas"]
-    done = []
+    done, failed = [], []
 
     def call(i: int) -> str:
-        result = client.chat.completions.create(model="capitals@production", messages=MESSAGES, max_tokens=5)
+        try:
+            result = client.chat.completions.create(model="capitals@production", messages=MESSAGES, max_tokens=5)
+        except openai.APIStatusError as error:  # in flight on the victim: never replayed elsewhere
+            assert error.status_code == 502 and error.body["code"] == "upstream_error"
+            failed.append(i)
+            return ""
         done.append(i)
         return result.choices[0].message.content
 
@@ -239,10 +246,12 @@ def test_killing_a_replica_loses_no_request_and_health_checks_bring_it_back(flee
         while len(done) < 12:
             time.sleep(0.005)
         victim.kill()  # mid-burst, with requests in flight on it
-        answers = [f.result() for f in futures]  # none raises: retried on the other replica
-    assert len(answers) == 60 and all(answers)
+        answers = [f.result() for f in futures]
+    assert len(failed) <= 8 and len(done) == 60 - len(failed)  # at most the requests in flight then
+    assert all(answers[i] for i in done)
     health = lambda: httpx.get(fleet["url"] + "/health").json()["upstreams"]  # noqa: E731
     assert health()[victim.url]["healthy"] is False
+    assert all(call(i) for i in range(8))  # refused connections are retried on the survivor
     victim.start()
     deadline = time.monotonic() + 10
     while not health()[victim.url]["healthy"]:
@@ -255,11 +264,28 @@ def test_killing_a_replica_loses_no_request_and_health_checks_bring_it_back(flee
     assert victim.loads() == {"capitals/1": 1}  # the restarted replica had lost it: loaded again, once
 
 
+def test_a_request_that_crashes_its_replica_is_not_replayed_on_another(fleet):
+    """A generation is retried elsewhere only when no byte of it reached the first replica."""
+    before = {r.url: r.received() for r in fleet["replicas"]}
+    response = httpx.post(fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                          json={"model": "tiny@production", "messages": MESSAGES, "fake_crash": True}, timeout=30)
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
+    crashed = [r for r in fleet["replicas"] if r.process.poll() is not None]
+    assert len(crashed) == 1
+    survivor = next(r for r in fleet["replicas"] if r.process.poll() is None)
+    assert survivor.received() == before[survivor.url]  # it never saw the request
+    crashed[0].start()
+    deadline = time.monotonic() + 10
+    while not all(s["healthy"] for s in httpx.get(fleet["url"] + "/health").json()["upstreams"].values()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def test_capture_records_every_request_with_token_ids_and_no_plain_keys(fleet, caplog_module):
     from llmops.gateway import capture
 
     client = _client(fleet)
-    fleet["proxy"].capture.flush()
+    fleet["app"].capture.flush()
     before = len(capture.read(root=fleet["traffic"]))
     ids = []
     for i in range(5):
@@ -282,7 +308,7 @@ def test_capture_records_every_request_with_token_ids_and_no_plain_keys(fleet, c
     streamed = capture.read(root=fleet["traffic"])[-1]
     assert streamed["completion_token_ids"] == [[100, 101, 102, 103, 104]] and streamed["ttft_ms"] is not None
     # Plain keys appear nowhere: not in captured traffic, traces or logs (hashes and ids only).
-    fleet["proxy"].tracer.flush()
+    fleet["app"].tracer.flush()
     traces = (fleet["traffic"].parent / "mlflow.db").read_bytes()
     assert b"team-full" in traces and b"capitals/1" in traces  # traces carry the key id and the version
     blobs = traces + b"".join(p.read_bytes() for p in fleet["traffic"].rglob("*.parquet"))
@@ -296,8 +322,7 @@ def test_capture_records_every_request_with_token_ids_and_no_plain_keys(fleet, c
 def test_llmops_gateways_as_replicas(registry_folder, tmp_path):
     """The llmops gateway (transformers engine) is itself an OpenAI-compatible upstream: two of them
     behind the proxy share the load, and killing one mid-burst loses no request."""
-    from llmops.gateway.engines.upstream import UpstreamConfig
-    from llmops.gateway.proxy import RegistryResolver, UpstreamProxy
+    from llmops.gateway import GatewayConfig, create_app
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     config = tmp_path / "replica.yaml"
@@ -308,24 +333,32 @@ def test_llmops_gateways_as_replicas(registry_folder, tmp_path):
     try:
         for port, process in zip(ports, processes):
             _wait_http(f"http://127.0.0.1:{port}/health", timeout=120, process=process)
-        upstream = UpstreamConfig(urls=[f"http://127.0.0.1:{p}" for p in ports], health_interval=0.5, retries=2,
-                                  retry_backoff=0.01, timeout=60)
-        proxy = UpstreamProxy(upstream, RegistryResolver(["capitals@production"]))
+        app = create_app(GatewayConfig(models=["capitals@production"], tracing={"enabled": False}, engine={
+            "kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{p}" for p in ports], "health_interval": 0.5,
+                                             "retries": 2, "retry_backoff": 0.01, "timeout": 60}}))
         port = _free_port()
-        server, thread = _serve_in_thread(proxy, port)
+        server, thread = _serve_in_thread(app, port)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         ask = lambda _: client.chat.completions.create(  # noqa: E731
             model="capitals@production", messages=MESSAGES, max_tokens=4, temperature=0).choices[0].message.content
         first = [ask(i) for i in range(4)]  # warm both (each loads the model and adapter on first use)
         assert len(set(first)) == 1  # the same greedy answer from either replica
-        served = {url: s["served"] for url, s in proxy.pool.stats().items()}
+        served = {url: s["served"] for url, s in app.backend.pool.stats().items()}
         assert all(count >= 1 for count in served.values()), served
+        def ask_or_502(i):
+            try:
+                return ask(i)
+            except openai.APIStatusError as error:  # in flight on the killed replica: not replayed
+                assert error.status_code == 502
+                return None
+
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(ask, i) for i in range(16)]
+            futures = [pool.submit(ask_or_502, i) for i in range(16)]
             time.sleep(0.3)
             processes[0].send_signal(signal.SIGKILL)
             answers = [f.result() for f in futures]
-        assert answers == [first[0]] * 16
+        assert sum(a is None for a in answers) <= 4 and {a for a in answers if a is not None} == {first[0]}
+        assert [ask(i) for i in range(4)] == [first[0]] * 4  # the survivor serves everything now
         server.should_exit = True
         thread.join(30)
     finally:
@@ -402,3 +435,36 @@ def test_sigkill_leaves_only_readable_parquet_files(registry_folder, tmp_path):
         if process.poll() is None:
             process.kill()
         upstream.process.terminate()
+
+
+def test_evaluation_drives_a_fleet_config_in_process(registry_folder, tmp_path):
+    """`llmops eval run --gateway-config serving/gateway.vllm.yaml`: the evaluator enters the app's public
+    lifespan and sends its requests through the same pipeline, in front of the fleet."""
+    import asyncio
+
+    import yaml
+
+    from llmops.evaluation.generators import in_process_generator
+
+    replica = _Replica(latency_ms=1, chunks=3)
+    shipped = yaml.safe_load((ROOT / "serving" / "gateway.vllm.yaml").read_text())
+    shipped["engine"]["upstream"]["urls"] = [replica.url]
+    shipped.update(models=["tiny@production"], tracing={"enabled": False}, capture={"enabled": False})
+    config = tmp_path / "gateway.vllm.yaml"
+    config.write_text(yaml.safe_dump(shipped))
+
+    async def ask():
+        generator = await in_process_generator(str(config))
+        try:
+            return await generator.chat("tiny@production", MESSAGES, {"max_tokens": 3})
+        finally:
+            await generator.aclose()
+
+    cwd = os.getcwd()
+    os.chdir(registry_folder)
+    try:
+        answer = asyncio.run(ask())
+    finally:
+        os.chdir(cwd)
+        replica.process.terminate()
+    assert answer.text == " tok0 tok1 tok2" and answer.model_version == "tiny/1" and answer.output_tokens == 3

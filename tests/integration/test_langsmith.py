@@ -129,7 +129,7 @@ def test_gateway_request_becomes_a_langsmith_run_tree(receiver, gateway):
         model="tiny@production", messages=[{"role": "user", "content": question}], max_tokens=6, temperature=0)
     completion = raw.parse()
     request_id = raw.headers["x-request-id"]
-    tracer = gateway["app"].state.gateway.tracer
+    tracer = gateway["app"].tracer
     assert tracer.flush(30) and tracer.stats.failed == 0
 
     roots = receiver.wait_for(lambda run: run.get("extra", {}).get("metadata", {}).get("request_id") == request_id)

@@ -67,8 +67,14 @@ def test_wire_models_accept_unknown_fields_and_check_ranges():
         ChatCompletionRequest.model_validate({"model": "m", "messages": [], "temperature": -1})
     mapped = from_validation_errors(error.value.errors())
     assert mapped.status == 400 and mapped.param == "temperature"
-    with pytest.raises(ValidationError):
-        ChatCompletionRequest.model_validate({"model": "m", "messages": [], "stop": ["a", "b", "c", "d", "e"]})
+    from llmops.gateway.admission import plan_generation
+    from llmops.gateway.config import LimitsConfig
+    from llmops.gateway.errors import GatewayError
+
+    five_stops = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                                                       "stop": ["a", "b", "c", "d", "e"]})
+    with pytest.raises(GatewayError):  # OpenAI's 4 stop sequences: `limits.max_stop`
+        plan_generation(five_stops, LimitsConfig(), "chat.completions")
 
 
 def test_shipped_gateway_config_and_errors_name_the_key(tmp_path):

@@ -16,11 +16,15 @@ import collections
 from typing import AsyncIterator, Optional
 from urllib.parse import urlsplit
 
-__all__ = ["HttpClient", "HttpResponse", "HttpConnectionError"]
+__all__ = ["HttpClient", "HttpResponse", "HttpConnectionError", "HttpConnectError"]
 
 
 class HttpConnectionError(ConnectionError):
     """The connection failed or closed before the response was complete."""
+
+
+class HttpConnectError(HttpConnectionError):
+    """No connection could be opened: no byte of the request left this process (safe to retry anywhere)."""
 
 
 class HttpResponse:
@@ -243,8 +247,12 @@ class _Pool:
             if not conn.closed:
                 return conn
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: _Connection(self, loop), self.host, self.port), connect_timeout)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self, loop), self.host, self.port), connect_timeout)
+        except (OSError, asyncio.TimeoutError) as error:
+            raise HttpConnectError(f"cannot connect to {self.host}:{self.port}: {type(error).__name__}: {error}") \
+                from None
         return conn
 
     def close(self) -> None:
@@ -283,7 +291,8 @@ class HttpClient:
         """Send a request; return once the status line and headers arrived.
 
         Raises:
-            HttpConnectionError / OSError: connecting or sending failed, or the server closed first.
+            HttpConnectError: no connection could be opened (nothing was sent).
+            HttpConnectionError / OSError: sending failed, or the server closed first.
             asyncio.TimeoutError: no headers within `timeout`.
         """
         pool, host = self._pool(base_url)
@@ -294,7 +303,14 @@ class HttpClient:
         head.append(b"\r\n")
         payload = b"".join(head) + body
         for attempt in (0, 1):
-            conn = await pool.acquire(self.connect_timeout)
+            try:
+                conn = await pool.acquire(self.connect_timeout)
+            except HttpConnectError as error:
+                if attempt == 0:
+                    raise
+                # The first attempt's bytes went out on a connection that then died: the server may
+                # have acted on them, so this is no longer a request nothing of which was sent.
+                raise HttpConnectionError(str(error)) from None
             reused = conn.used > 0
             conn.used += 1
             response = HttpResponse(conn)

@@ -5,8 +5,10 @@ Unlike the in-process engines this one does not tokenize: the gateway forwards t
 through byte for byte (`llmops.gateway.proxy`). This module holds the fleet:
 
 - a replica is chosen least-busy (fewest requests in flight, ties round-robin) or round-robin;
-- connection errors and 5xx answers are retried on another replica with exponential backoff, but
-  never once a streamed response has started reaching the client;
+- a generation is retried on another replica (exponential backoff) only when no byte of it reached
+  the first one: the connection could not be opened, or an adapter load before it failed. Once the
+  request was written, a failure is the client's 502, never a replay: a request that crashes a
+  replica must not crash the others too;
 - a replica that fails a request or a health check (`GET /health`) is taken out of rotation and put
   back when its health check passes again (its loaded adapters are then forgotten: a restarted vLLM
   has none);
@@ -44,7 +46,8 @@ class UpstreamConfig(ConfigModel):
     strategy: Literal["least_busy", "round_robin"] = "least_busy"
     """How a replica is chosen: fewest requests in flight, or in turn."""
     retries: int = Field(2, ge=0, le=10)
-    """Extra attempts on other replicas after a connection error or a 5xx (never mid-stream)."""
+    """Extra attempts on other replicas when no byte of the request reached the first one (it could
+    not connect, or could not load the adapter)."""
     retry_backoff: float = Field(0.05, ge=0.0, le=10.0)
     """Seconds before the first retry; doubled for each further one."""
     connect_timeout: float = Field(5.0, gt=0.0)
@@ -159,14 +162,17 @@ class ReplicaPool:
 
     async def send(self, path: str, body: bytes, stream: bool, adapter: Optional[tuple[str, str]] = None,
                    request_id: str = "") -> UpstreamReply:
-        """POST `body` to `path` on a replica, retrying elsewhere on connection errors and 5xx.
+        """POST `body` to `path` on a replica; another replica only while nothing of it was sent.
 
-        For `stream`, returns as soon as a replica answers with a status below 500, with the response
+        For `stream`, returns as soon as the replica answered (status and headers), with the response
         open (`release(reply)` when done); otherwise with the whole body read.
 
         Raises:
-            GatewayError: 502 when every attempt failed (the last error in the message).
+            GatewayError: 502 when the replica failed after receiving the request, or when no replica
+                could be reached within `retries` extra attempts.
         """
+        from llmops.gateway.engines.http_client import HttpConnectError
+
         headers = dict(self._headers)
         if request_id:
             headers["x-request-id"] = request_id
@@ -182,14 +188,17 @@ class ReplicaPool:
             response = None
             try:
                 if adapter is not None and adapter[0] not in replica.adapters:
-                    await self._load_adapter(replica, *adapter)
+                    try:
+                        await self._load_adapter(replica, *adapter)
+                    except (OSError, asyncio.TimeoutError) as error:  # the generation itself was not sent
+                        raise HttpConnectError(f"loading adapter {adapter[0]}: {error}") from None
                 response = await self._client.request("POST", replica.url, path, body, headers, timeout)
                 if response.status >= 500:
-                    last_error = f"{replica.url} answered {response.status}"
-                    response.close()
-                    self.mark_down(replica, last_error)
-                    replica.in_flight -= 1
-                    continue
+                    data = (await response.read(timeout)).decode("utf-8", "replace")
+                    response.release()
+                    _log.warning("request %s: %s answered %d: %s", request_id, replica.url, response.status,
+                                 data[:300])
+                    raise GatewayError(502, f"the upstream server answered {response.status}", code="upstream_error")
                 if stream:
                     return UpstreamReply(replica, response.status, response.headers, response=response)
                 data = await response.read(timeout)
@@ -197,18 +206,28 @@ class ReplicaPool:
                 replica.in_flight -= 1
                 replica.served += 1
                 return UpstreamReply(replica, response.status, response.headers, data)
-            except (OSError, asyncio.TimeoutError) as error:  # HttpConnectionError is an OSError
-                last_error = f"{replica.url}: {type(error).__name__}: {error}"
+            except HttpConnectError as error:  # nothing reached the replica: try another one
+                last_error = f"{replica.url}: {error}"
                 self.mark_down(replica, last_error)
+                replica.in_flight -= 1
+            except (OSError, asyncio.TimeoutError) as error:  # sent: the replica may have acted on it
                 replica.in_flight -= 1
                 if response is not None:
                     response.close()
+                self.mark_down(replica, f"{type(error).__name__}: {error}")
+                _log.warning("request %s: %s failed after the request was sent: %s", request_id, replica.url, error)
+                raise GatewayError(502, "the upstream server failed while answering", code="upstream_error") \
+                    from None
+            except GatewayError:
+                replica.in_flight -= 1
+                raise
             except BaseException:
                 replica.in_flight -= 1
                 if response is not None:
                     response.close()
                 raise
-        raise GatewayError(502, f"the upstream servers failed ({last_error})", code="upstream_error")
+        _log.warning("request %s: no upstream replica reachable (%s)", request_id, last_error)
+        raise GatewayError(502, "no upstream server could be reached", code="upstream_error")
 
     def release(self, reply: UpstreamReply, failed: bool = False, closed: bool = False) -> None:
         """Give back a streamed reply's connection: closed when the stream broke (`failed`, which also

@@ -1,0 +1,100 @@
+"""The few ASGI and JSON primitives the pipeline needs: a bounded body, strict JSON, JSON replies.
+
+Strict JSON (orjson): invalid UTF-8, lone surrogates (`"\\ud800"`), numbers that overflow a double
+and nesting beyond `max_depth` are 400s here, before any field is looked at, so no later step (a
+tokenizer, a template, a serializer) meets them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import orjson
+
+from llmops.gateway.errors import GatewayError
+
+__all__ = ["read_body", "parse_json", "header", "request_headers", "send_json", "JSON_HEADERS"]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def header(scope: dict, name: bytes) -> Optional[str]:
+    """The value of request header `name` (lower-case bytes), None when absent."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+_WANTED = (b"authorization", b"x-request-id", b"content-length")
+
+
+def request_headers(scope: dict) -> dict[bytes, str]:
+    """The request headers the pipeline reads (authorization, x-request-id, content-length), in one pass."""
+    found = {}
+    for key, value in scope["headers"]:
+        if key in _WANTED:
+            found[key] = value.decode("latin-1")
+    return found
+
+
+async def read_body(receive: Callable, limit: int, declared: Optional[str] = None) -> bytes:
+    """The whole request body; a 413 GatewayError as soon as it exceeds `limit` bytes."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes",
+                           code="request_too_large")
+    message = await receive()
+    body = message.get("body", b"")
+    parts, size = [body], len(body)
+    while message.get("more_body"):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "client closed the request", code="client_closed_request")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+        parts.append(chunk)
+    if size > limit:
+        raise GatewayError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+    return body if len(parts) == 1 else b"".join(parts)
+
+
+def parse_json(raw: bytes, max_depth: int) -> dict:
+    """The request body as a JSON object.
+
+    Raises:
+        GatewayError: 400 for anything but a valid UTF-8 JSON object nested at most `max_depth` deep.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise GatewayError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise GatewayError(400, "the request body must be a JSON object", code="invalid_json")
+    # Counting brackets is a C loop; only a body that could be deep is walked.
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth_exceeds(data, max_depth):
+        raise GatewayError(400, f"the request body nests arrays and objects deeper than {max_depth} levels",
+                           code="invalid_json")
+    return data
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+    return False
+
+
+async def send_json(send: Callable, status: int, payload: Any, headers: Optional[list] = None) -> None:
+    """Answer `payload` as JSON with `status` and extra `headers` ((bytes, bytes) pairs)."""
+    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status,
+                "headers": (headers or []) + [*JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
