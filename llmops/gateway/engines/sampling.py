@@ -1,0 +1,221 @@
+"""Sampling parameters checked the way vLLM checks them, and one token picked per batch row.
+
+The rules follow vLLM's `vllm/sampling_params.py` (`SamplingParams.__post_init__` and `_verify_args`,
+read at commit 00388f6573ccfcffad607b8c9ecdf341a4669ceb):
+
+- rejected (a 400): temperature not finite or outside [0, 2]; top_p outside (0, 1]; top_k below -1;
+  min_p outside [0, 1]; repetition_penalty not finite or <= 0; max_tokens below 1; logprobs below -1;
+- greedy: temperature below `_SAMPLING_EPS` (1e-5), which also turns top_p, top_k and min_p off;
+- raised: a temperature in [1e-5, 1e-2) becomes `_MAX_TEMP` (1e-2), because dividing logits by less
+  makes inf/NaN. vLLM raises every temperature in (0, 1e-2) to 1e-2 and samples; we take the part
+  below 1e-5 as greedy, as vLLM's sampler treats what falls under `_SAMPLING_EPS` (the two differ by
+  the noise of a 1e-2 temperature);
+- `top_k` -1 means off, like 0; `seed` -1 means no seed; `logprobs` -1 means the whole vocabulary.
+
+vLLM leaves `repetition_penalty` unbounded above 0, and `1e-300` underflows to 0 in float32, so
+dividing by it gives inf (and 0/0 NaN). We clamp the penalty to [1e-20, 1e20]: beyond that range
+the penalty already decides the order of seen and unseen tokens, and logits of any sane model times
+1e20 stay finite in float32.
+
+`pick_tokens` then never lets one row hurt another: a row whose logits are non-finite, or whose
+sampling raises, is reported in `Picked.failures` and the other rows get their tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from llmops.gateway.errors import GatewayError
+
+__all__ = ["SAMPLING_EPS", "MIN_TEMPERATURE", "GenerationRequestError", "RowSampling", "check_sampling",
+           "Picked", "pick_tokens"]
+
+SAMPLING_EPS = 1e-5  # vLLM `_SAMPLING_EPS`: a temperature below this is greedy
+MIN_TEMPERATURE = 1e-2  # vLLM `_MAX_TEMP`: smaller temperatures are raised to it
+_PENALTY_RANGE = (1e-20, 1e20)
+_SEED_RANGE = (-(2**63), 2**64)  # what torch.Generator.manual_seed accepts
+
+
+class GenerationRequestError(GatewayError, ValueError):
+    """A generation request the engine refuses (the client's mistake): answered as a 400 naming `param`."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(400, message, param=param, code="invalid_value")
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    """One sequence's sampling after the checks: exactly what the sampler applies."""
+
+    greedy: bool = True
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    logprobs: Optional[int] = None  # None: none; k: the chosen token's and the k most likely
+    seed: Optional[int] = None
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing per row to compute (the common serving case)."""
+        return self.greedy and self.repetition_penalty == 1.0 and self.logprobs is None
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GenerationRequestError(f"{name} must be a number, got {type(value).__name__}", name)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float
+        raise GenerationRequestError(f"{name} must be a finite number, got an integer too large", name) from None
+    if not math.isfinite(value):
+        raise GenerationRequestError(f"{name} must be a finite number, got {value}", name)
+    return value
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GenerationRequestError(f"{name} must be an integer, got {type(value).__name__}", name)
+    return value
+
+
+def check_sampling(params: Any, vocab_size: int) -> RowSampling:
+    """Check `params` (a `SamplingParams`) as vLLM does and return what the sampler applies.
+
+    Raises:
+        GenerationRequestError: a value vLLM rejects (the message names the field and the range).
+    """
+    if _integer("max_tokens", params.max_tokens) < 1:
+        raise GenerationRequestError(f"max_tokens must be at least 1, got {params.max_tokens}", "max_tokens")
+    temperature = 0.0 if params.temperature is None else _number("temperature", params.temperature)
+    if not 0.0 <= temperature <= 2.0:
+        raise GenerationRequestError(f"temperature must be in [0, 2], got {temperature}", "temperature")
+    top_p = 1.0 if params.top_p is None else _number("top_p", params.top_p)
+    if not 0.0 < top_p <= 1.0:
+        raise GenerationRequestError(f"top_p must be in (0, 1], got {top_p}", "top_p")
+    top_k = 0 if params.top_k is None else _integer("top_k", params.top_k)
+    if top_k < -1:
+        raise GenerationRequestError(f"top_k must be 0 or -1 (off), or at least 1, got {top_k}", "top_k")
+    min_p = 0.0 if getattr(params, "min_p", None) is None else _number("min_p", params.min_p)
+    if not 0.0 <= min_p <= 1.0:
+        raise GenerationRequestError(f"min_p must be in [0, 1], got {min_p}", "min_p")
+    penalty = 1.0 if params.repetition_penalty is None else _number("repetition_penalty", params.repetition_penalty)
+    if penalty <= 0.0:
+        raise GenerationRequestError(f"repetition_penalty must be greater than 0, got {penalty}",
+                                     "repetition_penalty")
+    seed = None if params.seed is None else _integer("seed", params.seed)
+    if seed == -1:
+        seed = None
+    if seed is not None and not _SEED_RANGE[0] <= seed < _SEED_RANGE[1]:
+        raise GenerationRequestError("seed must be in [-2**63, 2**64)", "seed")
+    logprobs = None if params.logprobs is None else _integer("logprobs", params.logprobs)
+    if logprobs is not None and logprobs < -1:
+        raise GenerationRequestError(f"logprobs must be -1 (all), 0 or more, got {logprobs}", "logprobs")
+    if logprobs is not None and (logprobs == -1 or logprobs > vocab_size):
+        logprobs = vocab_size
+    penalty = min(max(penalty, _PENALTY_RANGE[0]), _PENALTY_RANGE[1])
+    if temperature < SAMPLING_EPS:
+        return RowSampling(greedy=True, repetition_penalty=penalty, logprobs=logprobs)
+    return RowSampling(
+        greedy=False, temperature=max(temperature, MIN_TEMPERATURE),
+        top_k=0 if top_k == -1 or top_k >= vocab_size else top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=penalty, logprobs=logprobs, seed=seed,
+    )
+
+
+@dataclass
+class Picked:
+    """The result of one sampling step over a batch.
+
+    `tokens`: the chosen token id per row. `logprobs`: None when no row asked, else per row None or
+    `(chosen_logprob, ((token, logprob), ...))`. `failures`: row -> why that row could not be sampled.
+    """
+
+    tokens: list[int]
+    logprobs: Optional[list] = None
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def pick_tokens(logits: Any, rows: list[tuple[RowSampling, Any, Any]]) -> Picked:
+    """Choose one token per row of `logits` (B, V) under each row's sampling.
+
+    Args:
+        logits: The model's next-token logits, one row per sequence.
+        rows: Per row `(sampling, seen, generator)`: the `RowSampling`, the token ids the repetition
+            penalty applies to (a long tensor or None) and the row's `torch.Generator` (or None).
+
+    Returns:
+        `Picked`. Logprobs come from the model's unmodified distribution, as OpenAI reports them. A
+        row with NaN/inf logits, or whose sampling raised, is in `failures`; the others are unaffected.
+    """
+    import torch
+
+    logits = logits.float()
+    row_max = logits.amax(dim=-1)  # NaN propagates; +inf, or -inf everywhere, is non-finite too
+    broken = set((~torch.isfinite(row_max)).nonzero().flatten().tolist())
+    failures = {row: "the model produced non-finite logits (NaN or inf)" for row in broken}
+    tokens = logits.argmax(dim=-1).tolist()
+    if not failures and all(sampling.plain_greedy for sampling, _, _ in rows):
+        return Picked(tokens)
+    want_logprobs = any(sampling.logprobs is not None for sampling, _, _ in rows)
+    raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
+    result: Optional[list] = [] if want_logprobs else None
+    for row, (sampling, seen, generator) in enumerate(rows):
+        entry = None
+        if row not in failures:
+            try:
+                if not sampling.plain_greedy:
+                    tokens[row] = _sample_row(logits[row], sampling, seen, generator)
+                if sampling.logprobs is not None:
+                    entry = _row_logprobs(raw_logprobs[row], tokens[row], sampling.logprobs)
+            except Exception as error:  # this row's problem: it alone fails
+                failures[row] = f"sampling failed: {type(error).__name__}: {error}"
+        if result is not None:
+            result.append(entry)
+    return Picked(tokens, result, failures)
+
+
+def _sample_row(row_logits: Any, sampling: RowSampling, seen: Any, generator: Any) -> int:
+    import torch
+
+    if sampling.repetition_penalty != 1.0 and seen is not None and seen.numel():
+        # As transformers and vLLM apply it: positive logits divided, negative ones multiplied.
+        scores = row_logits[seen]
+        row_logits = row_logits.clone()
+        row_logits[seen] = torch.where(scores < 0, scores * sampling.repetition_penalty,
+                                       scores / sampling.repetition_penalty)
+    if sampling.greedy:
+        if not bool(torch.isfinite(row_logits.amax())):
+            raise FloatingPointError("logits became non-finite after the repetition penalty")
+        return int(row_logits.argmax())
+    row_logits = row_logits / sampling.temperature
+    if sampling.top_k and sampling.top_k < row_logits.numel():
+        kth = torch.topk(row_logits, sampling.top_k).values[-1]
+        row_logits = row_logits.masked_fill(row_logits < kth, float("-inf"))
+    probs = torch.softmax(row_logits, dim=-1)
+    if sampling.min_p > 0.0:
+        probs = probs.masked_fill(probs < sampling.min_p * probs.max(), 0.0)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        outside = sorted_probs.cumsum(0) - sorted_probs > sampling.top_p * sorted_probs.sum()
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    total = probs.sum()
+    if not bool(torch.isfinite(total)) or float(total) <= 0.0:
+        raise FloatingPointError("the sampling distribution is empty or non-finite")
+    return int(torch.multinomial(probs, 1, generator=generator)[0])
+
+
+def _row_logprobs(row_logprobs: Any, token: int, k: int) -> tuple:
+    import torch
+
+    chosen = float(row_logprobs[token])
+    top = ()
+    if k > 0:
+        values, indices = torch.topk(row_logprobs, min(k, row_logprobs.numel()))
+        top = tuple((int(i), float(v)) for i, v in zip(indices.tolist(), values.tolist()))
+    return chosen, top

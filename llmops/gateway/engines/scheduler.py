@@ -1,0 +1,147 @@
+"""Which waiting sequences join the running batch: fair between client requests.
+
+One `/v1/completions` request may carry thousands of prompts times `n`; admitted first-come
+first-served, its sequences would fill every batch slot until the last of them finished, and a short
+chat from another client would wait behind all of them (seen: 4 s behind 32,000 sequences).
+
+Sequences are kept per *group* (one client request, `GenerationRequest.group`). Admission fills the
+free slots from the group with the fewest running sequences first, ties going to the group that
+waited longest, so a newcomer with nothing running goes ahead of a request that already runs many.
+When the batch is full and a group has nothing running at all, `preemptions` names sequences of
+the largest group, beyond its fair share of the batch, to step out: they are recomputed from
+prompt + generated tokens when they get a slot again (vLLM's preemption by recompute), so their
+clients see no gap in the tokens, only a pause.
+
+Plain Python with no torch: the engine's worker thread owns it; nothing here is thread-safe.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter, OrderedDict, deque
+from typing import Any, Hashable, Iterator
+
+__all__ = ["FairScheduler"]
+
+
+class FairScheduler:
+    """The waiting sequences of every group, and the fair choice among them.
+
+    A sequence is anything with `group` (hashable), `cancelled` (bool) and `queued` (bool, kept by
+    the scheduler) attributes. Cancelled sequences are dropped lazily, so cancelling 30,000 of them
+    costs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._groups: OrderedDict[Hashable, deque] = OrderedDict()
+        self._served: dict[Hashable, int] = {}  # group -> tick it was last served (older first on ties)
+        self._tick = itertools.count()
+        self._waiting = 0
+
+    def __len__(self) -> int:
+        """Waiting sequences, cancelled ones excluded."""
+        return self._waiting
+
+    def add(self, seq: Any) -> None:
+        """Queue a new sequence at the back of its group."""
+        queue = self._groups.get(seq.group)
+        if queue is None:
+            queue = self._groups[seq.group] = deque()
+            self._served.setdefault(seq.group, -1)  # a new group has waited longest among equals
+        queue.append(seq)
+        seq.queued = True
+        self._waiting += 1
+
+    def requeue(self, seq: Any) -> None:
+        """Put a preempted sequence back at the front of its group: it goes before its siblings."""
+        queue = self._groups.get(seq.group)
+        if queue is None:
+            queue = self._groups[seq.group] = deque()
+        queue.appendleft(seq)
+        seq.queued = True
+        self._waiting += 1
+
+    def cancel(self, seq: Any) -> None:
+        """Mark `seq` cancelled; if it is waiting, it no longer counts and is skipped when reached."""
+        seq.cancelled = True
+        if seq.queued:
+            seq.queued = False
+            self._waiting -= 1
+
+    def sequences(self) -> Iterator[Any]:
+        """Every waiting sequence (cancelled ones may still appear)."""
+        for queue in self._groups.values():
+            yield from queue
+
+    def take_all(self) -> list:
+        """Remove and return every waiting sequence that is not cancelled."""
+        seqs = [seq for seq in self.sequences() if not seq.cancelled]
+        for seq in seqs:
+            seq.queued = False
+        self._groups.clear()
+        self._served.clear()
+        self._waiting = 0
+        return seqs
+
+    def pick(self, room: int, running: Counter) -> list:
+        """Up to `room` sequences to admit, fewest-running group first (`running`: group -> count)."""
+        picked: list = []
+        heap = [(running.get(group, 0), self._served.get(group, -1), index, group)
+                for index, group in enumerate(self._groups)]
+        heapq.heapify(heap)
+        while heap and len(picked) < room:
+            count, _, index, group = heapq.heappop(heap)
+            seq = self._pop(group)
+            if seq is None:
+                continue
+            picked.append(seq)
+            self._served[group] = next(self._tick)
+            if group in self._groups:
+                heapq.heappush(heap, (count + 1, self._served[group], index, group))
+        return picked
+
+    def preemptions(self, room: int, running: Counter, capacity: int) -> list[Hashable]:
+        """Groups to take one running sequence from each, so that starved groups get a slot now.
+
+        A group is starved when it has sequences waiting and none running. When the free `room` is
+        not enough for them, one sequence steps out of the group running the most, for each starved
+        group too many, as long as that group holds more than its fair share (`capacity` split
+        evenly among the running and waiting groups).
+        """
+        starved = sum(1 for group, queue in self._groups.items()
+                      if running.get(group, 0) == 0 and self._live_head(queue))
+        needed = starved - room
+        if needed <= 0:
+            return []
+        counts = Counter({group: count for group, count in running.items() if count > 0})
+        share = max(1, capacity // max(1, len(set(counts) | set(self._groups))))
+        victims: list[Hashable] = []
+        for _ in range(needed):
+            if not counts:
+                break
+            group, count = counts.most_common(1)[0]
+            if count <= share:
+                break
+            victims.append(group)
+            counts[group] -= 1
+        return victims
+
+    @staticmethod
+    def _live_head(queue: deque) -> bool:
+        """Drop cancelled sequences from the front; True when a live one is left."""
+        while queue and queue[0].cancelled:
+            queue.popleft()
+        return bool(queue)
+
+    def _pop(self, group: Hashable) -> Any:
+        queue = self._groups[group]
+        seq = None
+        if self._live_head(queue):
+            seq = queue.popleft()
+            seq.queued = False
+            self._waiting -= 1
+        if not self._live_head(queue):
+            del self._groups[group]
+            self._served.pop(group, None)
+        return seq
