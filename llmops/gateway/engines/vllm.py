@@ -13,6 +13,7 @@ collision. Closing a `generate` iterator early aborts the request in vLLM (the c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         kwargs["top_k"] = int(params.top_k)
     if params.repetition_penalty is not None:
         kwargs["repetition_penalty"] = float(params.repetition_penalty)
+    if params.min_p is not None:
+        kwargs["min_p"] = float(params.min_p)
     if params.seed is not None:
         kwargs["seed"] = int(params.seed)
     if params.logprobs is not None:
@@ -138,6 +141,7 @@ class VllmEngine(HFTokenizerMixin):
         self.loras = LoraBook()
         self.running = 0
         self.aborted = 0
+        self._keys = itertools.count(1)  # vLLM request ids: made here, never the client's x-request-id
         self._engine: Any = None
         self.start()
 
@@ -173,10 +177,11 @@ class VllmEngine(HFTokenizerMixin):
             slot = self.loras.get(request.adapter)
             lora = LoRARequest(slot.name, slot.int_id, slot.path)
         finished = False
+        key = f"llmops-{next(self._keys)}"
         self.running += 1
         try:
             stream = self._engine.generate({"prompt_token_ids": list(request.prompt_ids)}, params,
-                                           request.request_id, lora_request=lora)
+                                           key, lora_request=lora)
             async for output in stream:
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
@@ -202,7 +207,7 @@ class VllmEngine(HFTokenizerMixin):
             self.running -= 1
             if not finished:
                 self.aborted += 1
-                await self._engine.abort(request.request_id)
+                await self._engine.abort(key)
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Not offered by this engine (serve an embedding model with `transformers`)."""

@@ -1,0 +1,97 @@
+"""Issue 11 acceptance, end to end: one client's hostile sampling values or reused `x-request-id` cannot
+hurt another client. A real gateway on 127.0.0.1 with the tiny model, driven by the `openai` client."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+HOSTILE = [
+    {"temperature": 1e-300},
+    {"extra_body": {"repetition_penalty": 1e-300}},
+    {"temperature": 1e-300, "extra_body": {"repetition_penalty": 1e-300}},
+    {"temperature": 2.0, "extra_body": {"repetition_penalty": 1e300}},
+    {"temperature": 1.0, "top_p": 1e-300},
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_store, tmp_path_factory):
+    import torch
+
+    from llmops.gateway import GatewayConfig, create_app
+    from llmops.gateway.server import BackgroundServer
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("gateway-isolation")
+    with tiny_store(folder):
+        config = GatewayConfig(models=None, tracing={"enabled": False},
+                               limits={"max_tokens": 400, "default_max_tokens": 16})
+        server = BackgroundServer(create_app(config)).start()
+        yield server.url
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway):
+    return openai.OpenAI(base_url=gateway + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_a_long_generation_finishes_while_another_client_sends_hostile_sampling(client):
+    started = threading.Event()
+    outcome: dict = {}
+
+    def long_generation():
+        try:
+            stream = client.chat.completions.create(
+                model="tiny@production", messages=[{"role": "user", "content": "Tell me a long story."}],
+                max_tokens=300, temperature=0.8, seed=7, stream=True, stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True})
+            for chunk in stream:
+                started.set()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    outcome["finish_reason"] = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    outcome["completion_tokens"] = chunk.usage.completion_tokens
+        except Exception as error:  # recorded for the assertion below
+            outcome["error"] = repr(error)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=long_generation)
+    thread.start()
+    assert started.wait(120)
+    answers = []
+    for extra in HOSTILE:
+        raw = client.chat.completions.with_raw_response.create(
+            model="tiny@production", messages=[{"role": "user", "content": "hi"}], max_tokens=24, **extra)
+        answers.append((raw.http_response.status_code, raw.parse().choices[0].finish_reason))
+    thread.join(300)
+    assert outcome == {"finish_reason": "length", "completion_tokens": 300}
+    # The hostile requests were served too: tiny temperatures are greedy, penalties clamped (as vLLM).
+    assert all(status == 200 and reason in ("stop", "length") for status, reason in answers)
+
+
+def test_a_reused_request_id_cannot_reach_another_requests_output(client):
+    def ask(text: str) -> str:
+        return client.chat.completions.create(
+            model="tiny@production", messages=[{"role": "user", "content": text}], max_tokens=20, temperature=0,
+            extra_body={"ignore_eos": True}, extra_headers={"x-request-id": "same-id"}).choices[0].message.content
+
+    prompts = ["What is the capital of France?", "Count from one to ten, please."]
+    alone = [ask(text) for text in prompts]
+    together: list = [None, None]
+
+    def run(index: int) -> None:
+        together[index] = ask(prompts[index])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert alone[0] != alone[1]
+    assert together == alone
