@@ -149,3 +149,32 @@ def test_a_request_with_many_sequences_does_not_starve_a_small_one(engine):
     assert small[1] == "length" and len(small[0]) == 8
     assert order[0] == "small"
     assert all(result == reference for result in big)
+
+
+def test_a_decoding_step_that_raises_is_recomputed_not_lost(engine):
+    """A forward pass that raises during decoding (say a transient CUDA error) cannot be blamed on one
+    row and may leave the KV cache half written: the running sequences are prefilled again from what
+    they generated and finish with exactly the tokens they would have had."""
+    calls = {"decode": 0}
+
+    def fail_once(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and ids.shape[1] == 1:
+            calls["decode"] += 1
+            if calls["decode"] == 3:
+                raise RuntimeError("injected decoding failure")
+
+    async def main():
+        reference = [await _collect(engine, _request(engine, f"story {i}", max_tokens=10)) for i in range(3)]
+        calls["decode"] = 0
+        handle = engine.base_model.register_forward_pre_hook(fail_once, with_kwargs=True)
+        try:
+            results = await asyncio.gather(*(_collect(engine, _request(engine, f"story {i}", max_tokens=10))
+                                             for i in range(3)))
+        finally:
+            handle.remove()
+        return reference, results
+
+    reference, results = asyncio.run(main())
+    assert calls["decode"] > 3  # it did fail once, and decoding went on afterwards
+    assert results == reference
