@@ -1,5 +1,5 @@
 """Sampling in the in-process engine: vLLM's checks, edge values that must stay finite, and one failing
-row that must not touch the others (`llmops/gateway/engines/sampling.py`)."""
+row that must not touch the others (`llmops/gateway/engines/sampling.py` and `sampler.py`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from llmops.gateway.engines.base import SamplingParams  # noqa: E402
-from llmops.gateway.engines.sampling import (  # noqa: E402
-    GenerationRequestError,
-    RowSampling,
-    check_sampling,
-    pick_tokens,
-)
+from llmops.gateway.engines.sampler import pick_tokens  # noqa: E402
+from llmops.gateway.engines.sampling import GenerationRequestError, RowSampling, check_sampling  # noqa: E402
 from llmops.gateway.errors import from_exception  # noqa: E402
 
 VOCAB = 50
@@ -147,3 +143,30 @@ def test_all_rows_negative_infinity_is_a_failure_not_a_token():
     logits[0, 4] = 1.0
     picked = pick_tokens(logits, [_row(), _row()])
     assert picked.tokens[0] == 4 and set(picked.failures) == {1}
+
+
+def test_sampled_rows_follow_their_distribution_and_filters():
+    # 3000 rows with distinct seeds over logits log([0.5, 0.3, 0.2, 0...]): frequencies near p.
+    probs = torch.tensor([0.5, 0.3, 0.2] + [0.0] * (VOCAB - 3))
+    logits = probs.clamp(min=1e-30).log().repeat(3000, 1)
+    picked = pick_tokens(logits, [_row(temperature=1.0, seed=i) for i in range(3000)])
+    counts = torch.bincount(torch.tensor(picked.tokens), minlength=VOCAB).float() / 3000
+    assert torch.allclose(counts[:3], probs[:3], atol=0.04) and counts[3:].sum() < 0.01
+    # One block, each row under its own filter.
+    rows = [_row(temperature=1.0, seed=i, **p) for i in range(200)
+            for p in ({"top_k": 1}, {"top_k": 2}, {"top_p": 0.6}, {"min_p": 0.5}, {})]
+    tokens = pick_tokens(logits[:1].repeat(len(rows), 1), rows).tokens
+    by_filter = [set(tokens[i::5]) for i in range(5)]
+    assert by_filter[0] == {0} and by_filter[1] == {0, 1} and by_filter[2] == {0, 1}
+    assert by_filter[3] == {0, 1} and by_filter[4] == {0, 1, 2}
+
+
+def test_a_row_whose_draw_raises_fails_alone_in_a_sampled_block():
+    logits = torch.randn(3, VOCAB)
+    rows = [_row(temperature=1.0, seed=1), (RowSampling(greedy=False), None, "not a generator"),
+            _row(temperature=1.0, seed=2)]
+    picked = pick_tokens(logits, rows)
+    assert set(picked.failures) == {1} and "sampling failed" in picked.failures[1]
+    # The healthy rows drew exactly what they draw without the broken one (same seeds, fresh generators).
+    alone = pick_tokens(logits[[0, 2]], [_row(temperature=1.0, seed=1), _row(temperature=1.0, seed=2)])
+    assert [picked.tokens[0], picked.tokens[2]] == alone.tokens

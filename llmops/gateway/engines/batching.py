@@ -25,7 +25,8 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 
 from llmops.gateway.engines.base import GenerationRequest, TokenEvent
-from llmops.gateway.engines.sampling import RowSampling, pick_tokens
+from llmops.gateway.engines.sampler import pick_tokens
+from llmops.gateway.engines.sampling import RowSampling
 
 __all__ = ["Sequence", "RunningBatch"]
 
@@ -194,7 +195,7 @@ class RunningBatch:
     def _finish_step(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Pick each row's next token, emit it, and mark rows that are done (or failed)."""
         picked = pick_tokens(logits, [(s.sampling, s.seen, s.generator) for s in seqs])
-        tokens = torch.tensor(picked.tokens, dtype=torch.long, device=self.device)
+        tokens = picked.tensor
         logprobs = picked.logprobs
         now = time.time_ns()
         for row, (seq, token) in enumerate(zip(seqs, picked.tokens)):

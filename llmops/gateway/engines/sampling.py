@@ -1,4 +1,4 @@
-"""Sampling parameters checked the way vLLM checks them, and one token picked per batch row.
+"""Sampling parameters checked the way vLLM checks them, before a sequence is queued.
 
 The rules follow vLLM's `vllm/sampling_params.py` (`SamplingParams.__post_init__` and `_verify_args`,
 read at commit 00388f6573ccfcffad607b8c9ecdf341a4669ceb):
@@ -17,20 +17,19 @@ dividing by it gives inf (and 0/0 NaN). We clamp the penalty to [1e-20, 1e20]: b
 the penalty already decides the order of seen and unseen tokens, and logits of any sane model times
 1e20 stay finite in float32.
 
-`pick_tokens` then never lets one row hurt another: a row whose logits are non-finite, or whose
-sampling raises, is reported in `Picked.failures` and the other rows get their tokens.
+`sampler.pick_tokens` applies the result, one batch at a time.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Optional
 
 from llmops.gateway.errors import GatewayError
 
-__all__ = ["SAMPLING_EPS", "MIN_TEMPERATURE", "GenerationRequestError", "RowSampling", "check_sampling",
-           "Picked", "pick_tokens"]
+__all__ = ["SAMPLING_EPS", "MIN_TEMPERATURE", "GenerationRequestError", "RowSampling", "check_sampling"]
 
 SAMPLING_EPS = 1e-5  # vLLM `_SAMPLING_EPS`: a temperature below this is greedy
 MIN_TEMPERATURE = 1e-2  # vLLM `_MAX_TEMP`: smaller temperatures are raised to it
@@ -58,7 +57,7 @@ class RowSampling:
     logprobs: Optional[int] = None  # None: none; k: the chosen token's and the k most likely
     seed: Optional[int] = None
 
-    @property
+    @cached_property  # read for every row at every step
     def plain_greedy(self) -> bool:
         """Greedy with nothing per row to compute (the common serving case)."""
         return self.greedy and self.repetition_penalty == 1.0 and self.logprobs is None
@@ -124,98 +123,3 @@ def check_sampling(params: Any, vocab_size: int) -> RowSampling:
         top_k=0 if top_k == -1 or top_k >= vocab_size else top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=penalty, logprobs=logprobs, seed=seed,
     )
-
-
-@dataclass
-class Picked:
-    """The result of one sampling step over a batch.
-
-    `tokens`: the chosen token id per row. `logprobs`: None when no row asked, else per row None or
-    `(chosen_logprob, ((token, logprob), ...))`. `failures`: row -> why that row could not be sampled.
-    """
-
-    tokens: list[int]
-    logprobs: Optional[list] = None
-    failures: dict[int, str] = field(default_factory=dict)
-
-
-def pick_tokens(logits: Any, rows: list[tuple[RowSampling, Any, Any]]) -> Picked:
-    """Choose one token per row of `logits` (B, V) under each row's sampling.
-
-    Args:
-        logits: The model's next-token logits, one row per sequence.
-        rows: Per row `(sampling, seen, generator)`: the `RowSampling`, the token ids the repetition
-            penalty applies to (a long tensor or None) and the row's `torch.Generator` (or None).
-
-    Returns:
-        `Picked`. Logprobs come from the model's unmodified distribution, as OpenAI reports them. A
-        row with NaN/inf logits, or whose sampling raised, is in `failures`; the others are unaffected.
-    """
-    import torch
-
-    logits = logits.float()
-    row_max = logits.amax(dim=-1)  # NaN propagates; +inf, or -inf everywhere, is non-finite too
-    broken = set((~torch.isfinite(row_max)).nonzero().flatten().tolist())
-    failures = {row: "the model produced non-finite logits (NaN or inf)" for row in broken}
-    tokens = logits.argmax(dim=-1).tolist()
-    if not failures and all(sampling.plain_greedy for sampling, _, _ in rows):
-        return Picked(tokens)
-    want_logprobs = any(sampling.logprobs is not None for sampling, _, _ in rows)
-    raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-    result: Optional[list] = [] if want_logprobs else None
-    for row, (sampling, seen, generator) in enumerate(rows):
-        entry = None
-        if row not in failures:
-            try:
-                if not sampling.plain_greedy:
-                    tokens[row] = _sample_row(logits[row], sampling, seen, generator)
-                if sampling.logprobs is not None:
-                    entry = _row_logprobs(raw_logprobs[row], tokens[row], sampling.logprobs)
-            except Exception as error:  # this row's problem: it alone fails
-                failures[row] = f"sampling failed: {type(error).__name__}: {error}"
-        if result is not None:
-            result.append(entry)
-    return Picked(tokens, result, failures)
-
-
-def _sample_row(row_logits: Any, sampling: RowSampling, seen: Any, generator: Any) -> int:
-    import torch
-
-    if sampling.repetition_penalty != 1.0 and seen is not None and seen.numel():
-        # As transformers and vLLM apply it: positive logits divided, negative ones multiplied.
-        scores = row_logits[seen]
-        row_logits = row_logits.clone()
-        row_logits[seen] = torch.where(scores < 0, scores * sampling.repetition_penalty,
-                                       scores / sampling.repetition_penalty)
-    if sampling.greedy:
-        if not bool(torch.isfinite(row_logits.amax())):
-            raise FloatingPointError("logits became non-finite after the repetition penalty")
-        return int(row_logits.argmax())
-    row_logits = row_logits / sampling.temperature
-    if sampling.top_k and sampling.top_k < row_logits.numel():
-        kth = torch.topk(row_logits, sampling.top_k).values[-1]
-        row_logits = row_logits.masked_fill(row_logits < kth, float("-inf"))
-    probs = torch.softmax(row_logits, dim=-1)
-    if sampling.min_p > 0.0:
-        probs = probs.masked_fill(probs < sampling.min_p * probs.max(), 0.0)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-        outside = sorted_probs.cumsum(0) - sorted_probs > sampling.top_p * sorted_probs.sum()
-        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    total = probs.sum()
-    if not bool(torch.isfinite(total)) or float(total) <= 0.0:
-        raise FloatingPointError("the sampling distribution is empty or non-finite")
-    return int(torch.multinomial(probs, 1, generator=generator)[0])
-
-
-def _row_logprobs(row_logprobs: Any, token: int, k: int) -> tuple:
-    import torch
-
-    chosen = float(row_logprobs[token])
-    top = ()
-    if k > 0:
-        values, indices = torch.topk(row_logprobs, min(k, row_logprobs.numel()))
-        top = tuple((int(i), float(v)) for i, v in zip(indices.tolist(), values.tolist()))
-    return chosen, top
