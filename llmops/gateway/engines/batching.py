@@ -187,10 +187,20 @@ class RunningBatch:
         self.seqs, self.cache, self.mask, self.positions, self.last = [], None, None, None, None
         return seqs
 
-    def remove(self, seqs: list[Sequence]) -> None:
-        """Take `seqs` out of the batch without finishing them (preemption: they are prefilled again)."""
-        leaving = set(map(id, seqs))
-        self._keep([row for row, seq in enumerate(self.seqs) if id(seq) not in leaving])
+    def preempt(self, groups: list[Hashable]) -> list[Sequence]:
+        """Take one sequence out of the batch per entry of `groups` (a group may repeat), unfinished.
+
+        From each group, the sequence that has generated least goes (the cheapest to prefill again).
+        Returns them, for the scheduler to queue again.
+        """
+        leaving: list[Sequence] = []
+        for group in groups:
+            candidates = [s for s in self.seqs if s.group == group and not s.cancelled and s not in leaving]
+            if candidates:
+                leaving.append(min(candidates, key=lambda s: len(s.generated)))
+        ids = set(map(id, leaving))
+        self._keep([row for row, seq in enumerate(self.seqs) if id(seq) not in ids])
+        return leaving
 
     def _finish_step(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Pick each row's next token, emit it, and mark rows that are done (or failed)."""

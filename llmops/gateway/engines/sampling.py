@@ -29,7 +29,8 @@ from typing import Any, Optional
 
 from llmops.gateway.errors import GatewayError
 
-__all__ = ["SAMPLING_EPS", "MIN_TEMPERATURE", "GenerationRequestError", "RowSampling", "check_sampling"]
+__all__ = ["SAMPLING_EPS", "MIN_TEMPERATURE", "GenerationRequestError", "RowSampling", "check_sampling",
+           "check_prompt"]
 
 SAMPLING_EPS = 1e-5  # vLLM `_SAMPLING_EPS`: a temperature below this is greedy
 MIN_TEMPERATURE = 1e-2  # vLLM `_MAX_TEMP`: smaller temperatures are raised to it
@@ -123,3 +124,18 @@ def check_sampling(params: Any, vocab_size: int) -> RowSampling:
         top_k=0 if top_k == -1 or top_k >= vocab_size else top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=penalty, logprobs=logprobs, seed=seed,
     )
+
+
+def check_prompt(prompt_ids: Any, vocab_size: int, max_context: int) -> None:
+    """Check that `prompt_ids` is a non-empty list of token ids in the vocabulary with room to generate.
+
+    Raises:
+        GenerationRequestError: with `param` "prompt".
+    """
+    if not prompt_ids:
+        raise GenerationRequestError("the prompt is empty", "prompt")
+    if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size for t in prompt_ids):
+        raise GenerationRequestError(f"prompt token ids must be integers in [0, {vocab_size})", "prompt")
+    if len(prompt_ids) >= max_context:
+        raise GenerationRequestError(f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                                     f"{max_context}", "prompt")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from llmops.gateway.engines.base import GenerationRequest, HFTokenizerMixin, TokenEvent
+from llmops.gateway.engines.delivery import TokenDeliveries, discard
 from llmops.gateway.engines.scheduler import FairScheduler
 
 __all__ = ["TransformersEngine"]
@@ -72,7 +73,7 @@ class TransformersEngine(HFTokenizerMixin):
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._keys = itertools.count(1)  # engine keys of sequences; next() is atomic under the GIL
         self._scheduler = FairScheduler()
-        self._deliveries = _Deliveries()
+        self._deliveries = TokenDeliveries()
         self.aborted = 0
         self._default_sampling = bool(generation.do_sample)
         from llmops.gateway.engines.batching import RunningBatch
@@ -117,22 +118,15 @@ class TransformersEngine(HFTokenizerMixin):
         import torch
 
         from llmops.gateway.engines.batching import Sequence as _Seq
-        from llmops.gateway.engines.sampling import GenerationRequestError, check_sampling
+        from llmops.gateway.engines.sampling import check_prompt, check_sampling
 
         sampling = check_sampling(request.params, self.vocab_size)
-        prompt = request.prompt_ids
-        if not prompt:
-            raise GenerationRequestError("the prompt is empty", "prompt")
-        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in prompt):
-            raise GenerationRequestError(f"prompt token ids must be integers in [0, {self.vocab_size})", "prompt")
-        if len(prompt) >= self.max_context:
-            raise GenerationRequestError(f"the prompt has {len(prompt)} tokens; this model's context is "
-                                         f"{self.max_context}", "prompt")
+        check_prompt(request.prompt_ids, self.vocab_size, self.max_context)
         generator = None
         if not sampling.greedy:
             generator = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
             generator.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,))))
-        return _Seq(request=request, emit=_discard, key=next(self._keys), sampling=sampling, generator=generator)
+        return _Seq(request=request, emit=discard, key=next(self._keys), sampling=sampling, generator=generator)
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Mean-pooled, L2-normalised last hidden states of the base model (adapters off)."""
@@ -205,13 +199,7 @@ class TransformersEngine(HFTokenizerMixin):
         room = self.max_batch_size - sum(running.values())
         victims = self._scheduler.preemptions(room, running, self.max_batch_size)
         if victims:
-            leaving = []
-            for group in victims:  # the sequence of that group that has generated least: cheapest to redo
-                seq = min((s for s in self._batch.seqs if s.group == group and s not in leaving),
-                          key=lambda s: len(s.generated))
-                leaving.append(seq)
-            self._batch.remove(leaving)
-            for seq in leaving:
+            for seq in self._batch.preempt(victims):
                 self._scheduler.requeue(seq)
             running = self._batch.running_groups()
             room = self.max_batch_size - sum(running.values())
@@ -295,42 +283,3 @@ class TransformersEngine(HFTokenizerMixin):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.cpu().tolist(), int(encoded["attention_mask"].sum())
-
-
-class _Deliveries:
-    """Token events of one decoding step, handed to each event loop in one callback."""
-
-    def __init__(self) -> None:
-        self.pending: dict = {}
-
-    def sink(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue,
-             stream: bool = True) -> Callable[[TokenEvent], None]:
-        """The `emit` function of one sequence; unless `stream`, events are held until the last one."""
-        if stream:
-            return lambda event: self.pending.setdefault(loop, []).append((events, event))
-        held: list = []
-
-        def emit(event: TokenEvent) -> None:
-            held.append((events, event))
-            if event.finish_reason is not None:
-                self.pending.setdefault(loop, []).extend(held)
-                held.clear()
-
-        return emit
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for loop, items in pending.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop is closed (server shutting down)
-                pass
-
-
-def _discard(event: TokenEvent) -> None:
-    """The `emit` of a sequence before `generate` connects it to its caller."""
-
-
-def _put_all(items: list) -> None:
-    for events, event in items:
-        events.put_nowait(event)
