@@ -95,3 +95,14 @@ def test_a_reused_request_id_cannot_reach_another_requests_output(client):
         thread.join(120)
     assert alone[0] != alone[1]
     assert together == alone
+
+
+@pytest.mark.parametrize("extra", [{"seed": 2**64}, {"seed": -(2**63) - 1}])
+def test_a_value_the_engine_refuses_is_a_400_in_openais_shape(client, extra):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="tiny@production", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=4, temperature=1.0, **extra)
+    assert error.value.body["param"] == "seed" and "seed" in error.value.body["message"]
+    reply = client.chat.completions.create(model="tiny@production", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")

@@ -126,7 +126,12 @@ class TransformersEngine(HFTokenizerMixin):
         if not sampling.greedy:
             generator = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
             generator.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,))))
-        return _Seq(request=request, emit=discard, key=next(self._keys), sampling=sampling, generator=generator)
+        seq = _Seq(request=request, emit=discard, key=next(self._keys), sampling=sampling, generator=generator)
+        try:
+            hash(seq.group)
+        except TypeError:
+            raise TypeError(f"GenerationRequest.group must be hashable, got {type(request.group).__name__}") from None
+        return seq
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Mean-pooled, L2-normalised last hidden states of the base model (adapters off)."""
@@ -173,7 +178,12 @@ class TransformersEngine(HFTokenizerMixin):
                 self._decode()
             except Exception:  # a bug in the loop itself: the loop goes on, the running rows are retried
                 _log.exception("engine loop failed; recomputing the running sequences")
-                self._recompute_running()
+                try:
+                    self._recompute_running()
+                except Exception:  # never let the worker thread die: drop the batch instead
+                    _log.exception("recomputing failed; failing the running sequences")
+                    for seq in self._batch.clear():
+                        seq.fail("the engine failed while decoding this sequence")
             finally:
                 self._deliveries.flush()
 
