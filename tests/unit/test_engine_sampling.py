@@ -170,3 +170,14 @@ def test_a_row_whose_draw_raises_fails_alone_in_a_sampled_block():
     # The healthy rows drew exactly what they draw without the broken one (same seeds, fresh generators).
     alone = pick_tokens(logits[[0, 2]], [_row(temperature=1.0, seed=1), _row(temperature=1.0, seed=2)])
     assert [picked.tokens[0], picked.tokens[2]] == alone.tokens
+
+
+def test_the_vllm_engine_gets_the_same_checks_and_safe_values():
+    from llmops.gateway.engines.vllm import sampling_kwargs
+
+    kwargs = sampling_kwargs(SamplingParams(max_tokens=4, temperature=1e-300, repetition_penalty=1e-300))
+    assert kwargs["temperature"] == 0.0 and kwargs["repetition_penalty"] == 1e-20
+    assert sampling_kwargs(SamplingParams(max_tokens=4, temperature=1.0, min_p=0.1, seed=-1))["min_p"] == 0.1
+    assert "seed" not in sampling_kwargs(SamplingParams(max_tokens=4, temperature=1.0, seed=-1))
+    with pytest.raises(GenerationRequestError, match="temperature"):
+        sampling_kwargs(SamplingParams(max_tokens=4, temperature=math.nan))

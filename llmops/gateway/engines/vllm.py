@@ -88,11 +88,21 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     Unset fields are left out (vLLM's defaults apply); temperature None means greedy, as for the
     other engines (the serving layer already turned it into 1.0 for models that sample by default).
     Detokenization and stop strings stay in the gateway.
+
+    The values pass the same checks as on the transformers engine first (`sampling.check_sampling`,
+    vLLM's own rules): a temperature below 1e-5 is sent as 0 (greedy) and the repetition penalty is
+    clamped to [1e-20, 1e20], since vLLM keeps penalties in float32, where 1e-300 is 0 and divides to inf.
+
+    Raises:
+        GenerationRequestError: a value vLLM rejects (a 400 naming the field).
     """
+    from llmops.gateway.engines.sampling import check_sampling
+
+    checked = check_sampling(params, vocab_size=2**31)  # vLLM itself bounds logprobs (max_logprobs)
     kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": params.max_tokens,
-        "temperature": 0.0 if params.temperature is None else float(params.temperature),
+        "temperature": 0.0 if checked.greedy else checked.temperature,
         "ignore_eos": bool(params.ignore_eos),
         "detokenize": False,
         "skip_special_tokens": True,
@@ -102,11 +112,11 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     if params.top_k is not None and params.top_k > 0:
         kwargs["top_k"] = int(params.top_k)
     if params.repetition_penalty is not None:
-        kwargs["repetition_penalty"] = float(params.repetition_penalty)
+        kwargs["repetition_penalty"] = checked.repetition_penalty
     if params.min_p is not None:
         kwargs["min_p"] = float(params.min_p)
-    if params.seed is not None:
-        kwargs["seed"] = int(params.seed)
+    if checked.seed is not None:
+        kwargs["seed"] = checked.seed
     if params.logprobs is not None:
         kwargs["logprobs"] = int(params.logprobs)
     return kwargs
