@@ -93,3 +93,25 @@ def test_a_preempted_sequence_goes_before_its_siblings():
     assert first is seqs[0]
     scheduler.requeue(first)
     assert scheduler.pick(2, Counter()) == [seqs[0], seqs[1]]
+
+
+def test_thousands_of_one_sequence_requests_are_first_come_first_served():
+    scheduler = FairScheduler()
+    seqs = [Seq(f"client-{i}", 0) for i in range(10_000)]
+    for seq in seqs:
+        scheduler.add(seq)
+    running = Counter({"client-0": 0})
+    assert scheduler.pick(4, running) == seqs[:4]
+    # Each running request holds one slot, its fair share: nobody is preempted, order is kept.
+    assert scheduler.preemptions(0, Counter({s.group: 1 for s in seqs[:4]}), capacity=4) == []
+    assert scheduler.pick(2, Counter()) == seqs[4:6]
+
+
+def test_fully_cancelled_requests_are_forgotten():
+    scheduler = FairScheduler()
+    gone = _queue(scheduler, "gone", 50)
+    kept = _queue(scheduler, "kept", 1)
+    for seq in gone:
+        scheduler.cancel(seq)
+    assert scheduler.pick(3, Counter()) == kept
+    assert len(scheduler) == 0 and list(scheduler.sequences()) == []

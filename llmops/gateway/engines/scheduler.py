@@ -5,8 +5,9 @@ first-served, its sequences would fill every batch slot until the last of them f
 chat from another client would wait behind all of them (seen: 4 s behind 32,000 sequences).
 
 Sequences are kept per *group* (one client request, `GenerationRequest.group`). Admission fills the
-free slots from the group with the fewest running sequences first, ties going to the group that
-waited longest, so a newcomer with nothing running goes ahead of a request that already runs many.
+free slots from the group with the fewest running sequences first, ties going to the group whose
+last admission (or arrival) is oldest, so a newcomer with nothing running goes ahead of a request
+that already runs many.
 When the batch is full and a group has nothing running at all, `preemptions` names sequences of
 the largest group, beyond its fair share of the batch, to step out: they are recomputed from
 prompt + generated tokens when they get a slot again (vLLM's preemption by recompute), so their
@@ -34,8 +35,9 @@ class FairScheduler:
     """
 
     def __init__(self) -> None:
+        # Groups with waiting sequences, oldest activity first (arrival, or the last time one was admitted).
         self._groups: OrderedDict[Hashable, deque] = OrderedDict()
-        self._served: dict[Hashable, int] = {}  # group -> tick it was last served (older first on ties)
+        self._since: dict[Hashable, int] = {}  # group -> tick of that activity (its place in `_groups`)
         self._tick = itertools.count()
         self._waiting = 0
 
@@ -45,20 +47,13 @@ class FairScheduler:
 
     def add(self, seq: Any) -> None:
         """Queue a new sequence at the back of its group."""
-        queue = self._groups.get(seq.group)
-        if queue is None:
-            queue = self._groups[seq.group] = deque()
-            self._served.setdefault(seq.group, -1)  # a new group has waited longest among equals
-        queue.append(seq)
+        self._queue_of(seq.group).append(seq)
         seq.queued = True
         self._waiting += 1
 
     def requeue(self, seq: Any) -> None:
         """Put a preempted sequence back at the front of its group: it goes before its siblings."""
-        queue = self._groups.get(seq.group)
-        if queue is None:
-            queue = self._groups[seq.group] = deque()
-        queue.appendleft(seq)
+        self._queue_of(seq.group).appendleft(seq)
         seq.queued = True
         self._waiting += 1
 
@@ -74,31 +69,36 @@ class FairScheduler:
         for queue in self._groups.values():
             yield from queue
 
-    def take_all(self) -> list:
-        """Remove and return every waiting sequence that is not cancelled."""
-        seqs = [seq for seq in self.sequences() if not seq.cancelled]
-        for seq in seqs:
-            seq.queued = False
-        self._groups.clear()
-        self._served.clear()
-        self._waiting = 0
-        return seqs
-
     def pick(self, room: int, running: Counter) -> list:
-        """Up to `room` sequences to admit, fewest-running group first (`running`: group -> count)."""
+        """Up to `room` sequences to admit, fewest-running group first (`running`: group -> count).
+
+        Costs O(room + running groups), not O(waiting groups): only the `room` oldest groups with
+        nothing running can win, so thousands of waiting one-sequence requests are not all scanned.
+        """
+        candidates = [group for group, count in running.items() if count > 0 and group in self._groups]
+        idle, stale = 0, []
+        for group, queue in self._groups.items():
+            if idle >= room:
+                break
+            if not self._live_head(queue):
+                stale.append(group)
+            elif running.get(group, 0) == 0:
+                candidates.append(group)
+                idle += 1
+        self._drop(stale)
+        candidates = [group for group in candidates if group in self._groups]
+        heap = [(running.get(group, 0), self._since[group], group) for group in candidates]
+        heapq.heapify(heap)  # ticks are unique, so groups themselves are never compared
         picked: list = []
-        heap = [(running.get(group, 0), self._served.get(group, -1), index, group)
-                for index, group in enumerate(self._groups)]
-        heapq.heapify(heap)
         while heap and len(picked) < room:
-            count, _, index, group = heapq.heappop(heap)
+            count, _, group = heapq.heappop(heap)
             seq = self._pop(group)
             if seq is None:
                 continue
             picked.append(seq)
-            self._served[group] = next(self._tick)
             if group in self._groups:
-                heapq.heappush(heap, (count + 1, self._served[group], index, group))
+                self._touch(group)
+                heapq.heappush(heap, (count + 1, self._since[group], group))
         return picked
 
     def preemptions(self, room: int, running: Counter, capacity: int) -> list[Hashable]:
@@ -109,23 +109,47 @@ class FairScheduler:
         group too many, as long as that group holds more than its fair share (`capacity` split
         evenly among the running and waiting groups).
         """
-        starved = sum(1 for group, queue in self._groups.items()
-                      if running.get(group, 0) == 0 and self._live_head(queue))
-        needed = starved - room
-        if needed <= 0:
-            return []
         counts = Counter({group: count for group, count in running.items() if count > 0})
-        share = max(1, capacity // max(1, len(set(counts) | set(self._groups))))
+        if not counts:
+            return []
+        groups = len(self._groups) + sum(1 for group in counts if group not in self._groups)
+        share = max(1, capacity // groups)
+        if max(counts.values()) <= share:
+            return []
+        starved, stale = 0, []
+        for group, queue in self._groups.items():  # stops early: at most `room + capacity` count
+            if not self._live_head(queue):
+                stale.append(group)
+            elif group not in counts:
+                starved += 1
+                if starved >= room + capacity:
+                    break
+        self._drop(stale)
         victims: list[Hashable] = []
-        for _ in range(needed):
-            if not counts:
-                break
+        for _ in range(starved - room):
             group, count = counts.most_common(1)[0]
             if count <= share:
                 break
             victims.append(group)
             counts[group] -= 1
         return victims
+
+    def _queue_of(self, group: Hashable) -> deque:
+        queue = self._groups.get(group)
+        if queue is None:
+            queue = self._groups[group] = deque()
+            self._since[group] = next(self._tick)
+        return queue
+
+    def _drop(self, groups: list[Hashable]) -> None:
+        """Forget groups whose every waiting sequence was cancelled."""
+        for group in groups:
+            del self._groups[group]
+            del self._since[group]
+
+    def _touch(self, group: Hashable) -> None:
+        self._since[group] = next(self._tick)
+        self._groups.move_to_end(group)
 
     @staticmethod
     def _live_head(queue: deque) -> bool:
@@ -135,13 +159,14 @@ class FairScheduler:
         return bool(queue)
 
     def _pop(self, group: Hashable) -> Any:
-        queue = self._groups[group]
+        queue = self._groups.get(group)
+        if queue is None:
+            return None
         seq = None
         if self._live_head(queue):
             seq = queue.popleft()
             seq.queued = False
             self._waiting -= 1
         if not self._live_head(queue):
-            del self._groups[group]
-            self._served.pop(group, None)
+            self._drop([group])
         return seq
