@@ -29,12 +29,12 @@ class SamplingParams:
     top_k: Optional[int] = None
     repetition_penalty: Optional[float] = None
     seed: Optional[int] = None
-    min_p: Optional[float] = None
-    """Drop tokens less likely than `min_p` times the most likely one (vLLM's `min_p`, in [0, 1])."""
     logprobs: Optional[int] = None
     """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely alternatives."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks, load tests)."""
+    min_p: Optional[float] = None
+    """Drop tokens less likely than `min_p` times the most likely one (vLLM's `min_p`, in [0, 1])."""
 
 
 @dataclass
