@@ -93,7 +93,12 @@ class Engine(Protocol):
         """The text of one token as logprobs show it."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream the tokens of `request`; closing the iterator early cancels the generation."""
+        """Stream the tokens of `request`; closing the iterator early cancels the generation.
+
+        Raises `GenerationRequestError` (a `GatewayError` 400 and a `ValueError`) on the first step,
+        before anything is queued, for sampling values or prompt ids the engine refuses. A failure
+        inside the engine ends the stream with a `finish_reason="error"` event instead.
+        """
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Normalised mean-pooled embeddings of `texts` and the number of tokens read."""

@@ -121,8 +121,8 @@ def _sample_into(tokens: Any, work: Any, rows: list, uniforms: dict, failures: d
     settings = [rows[r][0] for r in chosen]
     x = work[index] / torch.tensor([s.temperature for s in settings], device=device)[:, None]
     if any(s.top_k for s in settings):
-        most = max(s.top_k for s in settings)
-        kth = torch.tensor([(s.top_k or most) - 1 for s in settings], device=device)[:, None]
+        most = min(max(s.top_k for s in settings), x.shape[-1])
+        kth = torch.tensor([min(s.top_k or most, most) - 1 for s in settings], device=device)[:, None]
         threshold = x.topk(most, dim=-1).values.gather(1, kth)
         off = torch.tensor([not s.top_k for s in settings], device=device)[:, None]
         x = x.masked_fill((x < threshold) & ~off, float("-inf"))
