@@ -18,16 +18,35 @@ HOSTILE = [
 ]
 
 
+def make_poisoned_adapter(base_path, out):
+    """A LoRA adapter whose weights are NaN, as a corrupted upload would be: every logit of its rows is NaN."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(float("nan"))
+    model.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
-def gateway(tiny_store, tmp_path_factory):
+def gateway(tiny_store, tiny_model_path, tmp_path_factory):
     import torch
 
+    from llmops import registry
     from llmops.gateway import GatewayConfig, create_app
     from llmops.gateway.server import BackgroundServer
 
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("gateway-isolation")
     with tiny_store(folder):
+        poisoned = make_poisoned_adapter(tiny_model_path, folder / "poisoned")
+        registry.register_adapter("poisoned", poisoned, base="tiny/1", alias="production")
         config = GatewayConfig(models=None, tracing={"enabled": False},
                                limits={"max_tokens": 400, "default_max_tokens": 16})
         server = BackgroundServer(create_app(config)).start()
@@ -106,3 +125,35 @@ def test_a_value_the_engine_refuses_is_a_400_in_openais_shape(client, extra):
     reply = client.chat.completions.create(model="tiny@production", messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=4)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_broken_adapter_fails_only_its_own_requests(client):
+    """Rows on an adapter with NaN weights decode in the same batch as the base model's rows: their
+    requests fail (a 5xx), the base model's generation in flight finishes untouched."""
+    started = threading.Event()
+    outcome: dict = {}
+
+    def base_generation():
+        try:
+            stream = client.completions.create(model="tiny@production", prompt="Once upon a time", max_tokens=120,
+                                               stream=True, extra_body={"ignore_eos": True},
+                                               stream_options={"include_usage": True})
+            for chunk in stream:
+                started.set()
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    outcome["finish_reason"] = chunk.choices[0].finish_reason
+                if chunk.usage:
+                    outcome["completion_tokens"] = chunk.usage.completion_tokens
+        except Exception as error:  # recorded for the assertion below
+            outcome["error"] = repr(error)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=base_generation)
+    thread.start()
+    assert started.wait(120)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            client.completions.create(model="poisoned@production", prompt="hello", max_tokens=8)
+    thread.join(300)
+    assert outcome == {"finish_reason": "length", "completion_tokens": 120}
