@@ -181,3 +181,13 @@ def test_the_vllm_engine_gets_the_same_checks_and_safe_values():
     assert "seed" not in sampling_kwargs(SamplingParams(max_tokens=4, temperature=1.0, seed=-1))
     with pytest.raises(GenerationRequestError, match="temperature"):
         sampling_kwargs(SamplingParams(max_tokens=4, temperature=math.nan))
+
+
+def test_a_penalty_that_overflows_a_huge_logit_fails_that_row_only():
+    logits = torch.zeros(3, VOCAB)
+    logits[1, 5] = 1e30  # finite, but divided by the smallest penalty it leaves float32
+    rows = [_row(seen=(5,), repetition_penalty=1e-300), _row(seen=(5,), repetition_penalty=1e-300),
+            _row(seen=(5,), repetition_penalty=1e-300, temperature=1.0, seed=1)]
+    logits[2, 5] = 1e30
+    picked = pick_tokens(logits, rows)
+    assert set(picked.failures) == {1, 2} and picked.tokens[0] == 0

@@ -84,9 +84,11 @@ def pick_tokens(logits: Any, rows: list[tuple[RowSampling, Any, Any]]) -> Picked
                     _sample_into(tokens, work, rows, {row: uniform}, failures)
                 except Exception as error:
                     failures[row] = f"sampling failed: {type(error).__name__}: {error}"
-    for row in chosen_greedy:  # a penalty can push a finite row to inf
-        if work is not logits and not bool(torch.isfinite(work[row].amax())):
-            failures[row] = "logits became non-finite after the repetition penalty"
+    if chosen_greedy and work is not logits:  # a penalty can push a finite row to inf
+        finite_after = torch.isfinite(work[index].amax(dim=-1)).tolist()
+        for row, ok in zip(chosen_greedy, finite_after):
+            if not ok:
+                failures[row] = "logits became non-finite after the repetition penalty"
     logprobs = _logprobs(logits, tokens, rows, failures)
     return Picked(tokens.tolist(), tokens, logprobs, failures)
 
