@@ -92,29 +92,6 @@ def test_shipped_gateway_config_and_errors_name_the_key(tmp_path):
     assert "models" in text and "did you mean tracing.sample_ratio" in text and "default_max_tokens" in text
 
 
-def test_pick_tokens_greedy_sampling_and_penalty():
-    import torch
-
-    from llmops.gateway.engines.base import GenerationRequest, SamplingParams
-    from llmops.gateway.engines.batching import Sequence, pick_tokens
-
-    def seq(seed=None, **params):
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        s = Sequence(GenerationRequest("r", [1, 2], SamplingParams(max_tokens=4, **params)), emit=print,
-                     generator=generator)
-        s.seen = torch.tensor([3])
-        return s
-
-    logits = torch.tensor([[0.0, 1.0, 2.0, 5.0]] * 4)
-    seqs = [seq(), seq(temperature=1.0, top_k=1, seed=0), seq(repetition_penalty=10.0),
-            seq(temperature=1.0, top_p=0.5, seed=1, logprobs=2)]
-    tokens, logprobs = pick_tokens(logits, seqs)
-    assert tokens.tolist() == [3, 3, 2, 3]  # greedy; top_k=1; penalty moves off token 3; top_p keeps only 3
-    assert logprobs[0] is None and [t for t, _ in logprobs[3][1]] == [3, 2]
-    draws = [pick_tokens(torch.zeros(1, 50), [seq(temperature=1.0, seed=5)])[0].item() for _ in range(3)]
-    assert len(set(draws)) == 1  # the same seed gives the same draw
-
-
 def test_prometheus_scrape_config_targets_the_gateway_metrics():
     import yaml
 

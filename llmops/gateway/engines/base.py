@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import AsyncIterator, Hashable, Optional, Protocol, Sequence, runtime_checkable
 
 __all__ = ["SamplingParams", "GenerationRequest", "TokenEvent", "Engine", "HFTokenizerMixin"]
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. `temperature` 0 (or None with a greedy model default) is greedy decoding."""
+    """How to pick tokens. `temperature` 0 (or None with a greedy model default) is greedy decoding.
+
+    Engines check these the way vLLM's `SamplingParams` does and raise `GenerationRequestError` (a
+    400 for the client) for what vLLM rejects; see `engines/sampling.py` for the exact rules.
+    """
 
     max_tokens: int
     temperature: Optional[float] = None
@@ -29,6 +33,8 @@ class SamplingParams:
     """None: no logprobs; k >= 0: the chosen token's logprob and the k most likely alternatives."""
     ignore_eos: bool = False
     """Keep generating past end-of-sequence tokens until `max_tokens` (benchmarks, load tests)."""
+    min_p: Optional[float] = None
+    """Drop tokens less likely than `min_p` times the most likely one (vLLM's `min_p`, in [0, 1])."""
 
 
 @dataclass
@@ -36,17 +42,28 @@ class GenerationRequest:
     """One sequence to generate. `adapter` is the name of a loaded adapter, None for the base."""
 
     request_id: str
+    """For logs only. Engines key sequences with ids they generate themselves, so a client-chosen id
+    (`x-request-id`) can never collide with another request's or reach its output."""
     prompt_ids: list[int]
     params: SamplingParams
     adapter: Optional[str] = None
     stream: bool = True
     """False: nobody reads tokens early, so the engine may hand them over all at once at the end
     (each still stamped with its `time_ns`), sparing the event loop one wake-up per token."""
+    group: Hashable = None
+    """Sequences of one client request share a group (any hashable the gateway makes per request,
+    e.g. `object()`; never a client-chosen value). Engines admit sequences fairly between groups, so
+    a request with thousands of sequences cannot starve others. None: the sequence is its own group."""
 
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One generated token. `finish_reason` is set on the last one (`stop`, `length`, `abort`)."""
+    """One generated token. `finish_reason` is set on the last one (`stop`, `length`, `abort`).
+
+    `finish_reason="error"` (with `token_id` -1) means this sequence failed inside the engine (for
+    example its logits became non-finite); `extra["error"]` says why, for the log. Only that
+    sequence ends: the others in the batch go on.
+    """
 
     token_id: int
     logprob: Optional[float] = None
@@ -76,7 +93,12 @@ class Engine(Protocol):
         """The text of one token as logprobs show it."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream the tokens of `request`; closing the iterator early cancels the generation."""
+        """Stream the tokens of `request`; closing the iterator early cancels the generation.
+
+        Raises `GenerationRequestError` (a `GatewayError` 400 and a `ValueError`) on the first step,
+        before anything is queued, for sampling values or prompt ids the engine refuses. A failure
+        inside the engine ends the stream with a `finish_reason="error"` event instead.
+        """
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Normalised mean-pooled embeddings of `texts` and the number of tokens read."""

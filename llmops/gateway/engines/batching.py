@@ -7,39 +7,63 @@ batch instead: new requests are prefilled together and their KV cache is concate
 running batch at the next step (iteration-level scheduling), finished or cancelled rows are dropped
 at once, and each row carries its own adapter, sampling parameters and random generator.
 
+A row that fails (non-finite logits, a sampling error) ends only its own sequence with an `error`
+event; the rest of the batch decodes on. A preempted row leaves the batch and is later prefilled
+again from its prompt plus the tokens it already generated (`add` handles both).
+
 Everything here runs on the engine's single worker thread; nothing is thread-safe by itself.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Hashable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from llmops.gateway.engines.base import GenerationRequest, TokenEvent
+from llmops.gateway.engines.sampler import pick_tokens
+from llmops.gateway.engines.sampling import RowSampling
 
-__all__ = ["Sequence", "RunningBatch", "pick_tokens"]
+__all__ = ["Sequence", "RunningBatch"]
+
+_log = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 @dataclass(eq=False)
 class Sequence:
-    """One request being generated."""
+    """One sequence being generated, keyed by `key`, which the engine makes (never a client's id)."""
 
     request: GenerationRequest
     emit: Callable[[TokenEvent], None]
+    key: int = 0
+    sampling: RowSampling = field(default_factory=RowSampling)
     generator: Optional[torch.Generator] = None
     generated: list[int] = field(default_factory=list)
     seen: Optional[torch.Tensor] = None  # token ids for the repetition penalty
-    cancelled: bool = False
+    cancelled: bool = False  # cancelled or finished: leaves the batch at the next drop
+    queued: bool = False  # waiting in the scheduler
+    recomputed: bool = False  # re-queued once after a failed decoding step
 
     @property
     def adapter_name(self) -> str:
         return self.request.adapter or BASE_ADAPTER
+
+    @property
+    def group(self) -> Hashable:
+        """The client request this sequence belongs to (itself when the gateway gave none)."""
+        return self.request.group if self.request.group is not None else self
+
+    def fail(self, reason: str) -> None:
+        """End this sequence with an `error` event; nothing else in the batch is touched."""
+        _log.warning("sequence %d (request %s) failed: %s", self.key, self.request.request_id, reason)
+        self.cancelled = True
+        self.emit(TokenEvent(-1, finish_reason="error", time_ns=time.time_ns(), extra={"error": reason}))
 
 
 def _left_pad(tensor: torch.Tensor, amount: int, dim: int) -> torch.Tensor:
@@ -73,6 +97,10 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def running_groups(self) -> Counter:
+        """Running sequences per group."""
+        return Counter(seq.group for seq in self.seqs if not seq.cancelled)
+
     def _adapter_kwargs(self, seqs: list[Sequence]) -> dict[str, Any]:
         """Forward kwargs that select each row's adapter.
 
@@ -94,16 +122,20 @@ class RunningBatch:
 
     @torch.inference_mode()
     def add(self, seqs: list[Sequence]) -> None:
-        """Prefill `seqs` together, sample their first tokens and join them to the batch."""
+        """Prefill `seqs` together, sample their next tokens and join them to the batch.
+
+        A sequence that was preempted is prefilled with its prompt and what it generated so far.
+        If the forward pass raises, the running batch is left as it was (the caller decides who fails).
+        """
         from transformers import DynamicCache
 
-        lengths = [len(s.request.prompt_ids) for s in seqs]
-        width = max(lengths)
+        inputs = [list(s.request.prompt_ids) + s.generated for s in seqs]
+        width = max(map(len, inputs))
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, (seq, length) in enumerate(zip(seqs, lengths)):
-            ids[row, width - length:] = torch.tensor(seq.request.prompt_ids, dtype=torch.long)
-            mask[row, width - length:] = 1
+        for row, tokens in enumerate(inputs):
+            ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
@@ -111,8 +143,8 @@ class RunningBatch:
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
             **{self._cache_kw: cache}, logits_to_keep=1, **self._adapter_kwargs(seqs),
         )
-        for seq in seqs:
-            seq.seen = torch.tensor(sorted(set(seq.request.prompt_ids)), dtype=torch.long, device=self.device)
+        for seq, tokens in zip(seqs, inputs):
+            seq.seen = torch.tensor(sorted(set(tokens)), dtype=torch.long, device=self.device)
         tokens = self._finish_step(seqs, out.logits[:, -1, :])
         self._merge(seqs, cache, mask, positions[:, -1] + 1, tokens)
 
@@ -149,13 +181,39 @@ class RunningBatch:
         self.last = self._finish_step(self.seqs, out.logits[:, -1, :])
         self._drop_finished()
 
+    def clear(self) -> list[Sequence]:
+        """Empty the batch (its cache may be inconsistent after a failed step); the sequences it held."""
+        seqs = self.seqs
+        self.seqs, self.cache, self.mask, self.positions, self.last = [], None, None, None, None
+        return seqs
+
+    def preempt(self, groups: list[Hashable]) -> list[Sequence]:
+        """Take one sequence out of the batch per entry of `groups` (a group may repeat), unfinished.
+
+        From each group, the sequence that has generated least goes (the cheapest to prefill again).
+        Returns them, for the scheduler to queue again.
+        """
+        leaving: list[Sequence] = []
+        for group in groups:
+            candidates = [s for s in self.seqs if s.group == group and not s.cancelled and s not in leaving]
+            if candidates:
+                leaving.append(min(candidates, key=lambda s: len(s.generated)))
+        ids = set(map(id, leaving))
+        self._keep([row for row, seq in enumerate(self.seqs) if id(seq) not in ids])
+        return leaving
+
     def _finish_step(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-        """Pick each row's next token, emit it, and mark rows that are done."""
-        tokens, logprobs = pick_tokens(logits, seqs)
+        """Pick each row's next token, emit it, and mark rows that are done (or failed)."""
+        picked = pick_tokens(logits, [(s.sampling, s.seen, s.generator) for s in seqs])
+        tokens = picked.tensor
+        logprobs = picked.logprobs
         now = time.time_ns()
-        for row, (seq, token) in enumerate(zip(seqs, tokens.tolist())):
+        for row, (seq, token) in enumerate(zip(seqs, picked.tokens)):
+            if row in picked.failures:
+                seq.fail(picked.failures[row])
+                continue
             seq.generated.append(token)
-            if seq.request.params.repetition_penalty not in (None, 1.0):
+            if seq.sampling.repetition_penalty != 1.0:
                 seq.seen = torch.cat([seq.seen, tokens[row:row + 1]])
             finish = None
             if token in self.eos_ids and not seq.request.params.ignore_eos:
@@ -171,7 +229,9 @@ class RunningBatch:
         return tokens
 
     def _drop_finished(self) -> None:
-        keep = [row for row, seq in enumerate(self.seqs) if not seq.cancelled]
+        self._keep([row for row, seq in enumerate(self.seqs) if not seq.cancelled])
+
+    def _keep(self, keep: list[int]) -> None:
         if len(keep) == len(self.seqs):
             return
         if not keep:
@@ -186,58 +246,3 @@ class RunningBatch:
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, start:]
             layer.values = layer.values[index, :, start:]
-
-
-def pick_tokens(logits: torch.Tensor, seqs: list[Sequence]):
-    """Choose one token per row under each row's sampling parameters.
-
-    Returns `(tokens, logprobs)`: tokens is a (B,) long tensor; logprobs is None when no row asked for
-    them, else a list with, per row, None or `(chosen_logprob, ((token, logprob), ...))` computed from
-    the model's unmodified distribution (as OpenAI reports them).
-    """
-    logits = logits.float()
-    tokens = logits.argmax(dim=-1)
-    if all(not s.request.params.temperature and s.request.params.repetition_penalty in (None, 1.0)
-           and s.request.params.logprobs is None for s in seqs):
-        return tokens, None  # all greedy: the common serving case needs nothing per row
-    want_logprobs = any(s.request.params.logprobs is not None for s in seqs)
-    raw_logprobs = F.log_softmax(logits, dim=-1) if want_logprobs else None
-    for row, seq in enumerate(seqs):
-        params = seq.request.params
-        row_logits = logits[row]
-        if params.repetition_penalty not in (None, 1.0) and seq.seen is not None and seq.seen.numel():
-            scores = row_logits[seq.seen]
-            row_logits = row_logits.clone()
-            row_logits[seq.seen] = torch.where(
-                scores < 0, scores * params.repetition_penalty, scores / params.repetition_penalty
-            )
-            tokens[row] = row_logits.argmax()
-        if not params.temperature:  # None or 0: greedy
-            continue
-        row_logits = row_logits / params.temperature
-        if params.top_k and 0 < params.top_k < row_logits.numel():
-            kth = torch.topk(row_logits, params.top_k).values[-1]
-            row_logits = row_logits.masked_fill(row_logits < kth, float("-inf"))
-        probs = torch.softmax(row_logits, dim=-1)
-        if params.top_p is not None and params.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-            outside = sorted_probs.cumsum(0) - sorted_probs > params.top_p
-            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-            probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        tokens[row] = torch.multinomial(probs, 1, generator=seq.generator)[0]
-    if not want_logprobs:
-        return tokens, None
-    result = []
-    for row, seq in enumerate(seqs):
-        k = seq.request.params.logprobs
-        if k is None:
-            result.append(None)
-            continue
-        chosen = float(raw_logprobs[row, tokens[row]])
-        top = ()
-        if k > 0:
-            values, indices = torch.topk(raw_logprobs[row], k)
-            top = tuple((int(i), float(v)) for i, v in zip(indices, values))
-        result.append((chosen, top))
-    return tokens, result

@@ -3,11 +3,17 @@
 One worker thread owns the model. The event loop talks to it through a queue of commands (new
 sequences, cancellations, adapter loads, embedding jobs) and gets tokens back in one callback per
 decoding step, so the loop is woken once per step rather than once per token.
+
+Isolation between requests: sampling parameters are checked as vLLM checks them before anything is
+queued (`sampling.py`); sequences are keyed by the engine, never by a client's request id; a row
+that fails ends only its own sequence; a failed prefill is retried one sequence at a time so only
+the one at fault fails; admission is fair between requests (`scheduler.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import queue
 import threading
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from llmops.gateway.engines.base import GenerationRequest, HFTokenizerMixin, TokenEvent
+from llmops.gateway.engines.delivery import TokenDeliveries, discard
+from llmops.gateway.engines.scheduler import FairScheduler
 
 __all__ = ["TransformersEngine"]
 
@@ -61,9 +69,11 @@ class TransformersEngine(HFTokenizerMixin):
         self.max_batch_size = max_batch_size
         self.max_loaded_adapters = max_loaded_adapters
         self._adapters: OrderedDict[str, Path] = OrderedDict()  # name -> path, least recently used first
+        self.vocab_size = int(self.base_model.get_input_embeddings().weight.shape[0])
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._waiting: list = []
-        self._deliveries = _Deliveries()
+        self._keys = itertools.count(1)  # engine keys of sequences; next() is atomic under the GIL
+        self._scheduler = FairScheduler()
+        self._deliveries = TokenDeliveries()
         self.aborted = 0
         self._default_sampling = bool(generation.do_sample)
         from llmops.gateway.engines.batching import RunningBatch
@@ -80,19 +90,16 @@ class TransformersEngine(HFTokenizerMixin):
     # ------------------------------------------------------------------------------- async API
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
-        """Stream the tokens of `request`; leaving the loop early cancels the sequence."""
-        import torch
+        """Stream the tokens of `request`; leaving the loop early cancels the sequence.
 
-        from llmops.gateway.engines.batching import Sequence as _Seq
-
+        Raises:
+            GenerationRequestError: sampling parameters vLLM would reject, or prompt ids that are
+                empty, outside the vocabulary or too long (before anything is queued).
+        """
+        seq = self._new_sequence(request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        generator = None
-        if request.params.temperature:
-            generator = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
-            generator.manual_seed(request.params.seed if request.params.seed is not None
-                                  else int(torch.randint(0, 2**62, (1,))))
-        seq = _Seq(request=request, emit=self._deliveries.sink(loop, events, request.stream), generator=generator)
+        seq.emit = self._deliveries.sink(loop, events, request.stream)
         self._commands.put(("add", seq))
         finished = False
         try:
@@ -105,6 +112,26 @@ class TransformersEngine(HFTokenizerMixin):
         finally:
             if not finished:
                 self._commands.put(("cancel", seq))
+
+    def _new_sequence(self, request: GenerationRequest):
+        """A checked `Sequence` for `request`, keyed by the engine (never by the client's request id)."""
+        import torch
+
+        from llmops.gateway.engines.batching import Sequence as _Seq
+        from llmops.gateway.engines.sampling import check_prompt, check_sampling
+
+        sampling = check_sampling(request.params, self.vocab_size)
+        check_prompt(request.prompt_ids, self.vocab_size, self.max_context)
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator(device="cpu" if self.device.type == "cpu" else self.device)
+            generator.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, (1,))))
+        seq = _Seq(request=request, emit=discard, key=next(self._keys), sampling=sampling, generator=generator)
+        try:
+            hash(seq.group)
+        except TypeError:
+            raise TypeError(f"GenerationRequest.group must be hashable, got {type(request.group).__name__}") from None
+        return seq
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Mean-pooled, L2-normalised last hidden states of the base model (adapters off)."""
@@ -120,7 +147,7 @@ class TransformersEngine(HFTokenizerMixin):
 
     def stats(self) -> dict[str, int]:
         """Running and waiting sequences, and how many were cancelled before they finished."""
-        return {"running": len(self._batch), "waiting": len(self._waiting), "aborted": self.aborted}
+        return {"running": len(self._batch), "waiting": len(self._scheduler), "aborted": self.aborted}
 
     async def close(self) -> None:
         """Stop the worker thread."""
@@ -137,7 +164,7 @@ class TransformersEngine(HFTokenizerMixin):
     def _run(self) -> None:
         while True:
             try:
-                block = not self._batch.seqs and not self._waiting
+                block = not self._batch.seqs and not len(self._scheduler)
                 while True:
                     try:
                         command, payload = self._commands.get(block=block)
@@ -148,25 +175,25 @@ class TransformersEngine(HFTokenizerMixin):
                         return
                     self._handle(command, payload)
                 self._admit()
-                self._batch.step()
-                self._deliveries.flush()
-            except Exception:  # a bug must fail the requests, not kill the engine
-                _log.exception("engine step failed; aborting the running sequences")
-                for seq in self._batch.seqs + self._waiting:
-                    seq.emit(TokenEvent(-1, finish_reason="error"))
-                self._batch.seqs, self._waiting = [], []
-                self._batch._drop_finished()
+                self._decode()
+            except Exception:  # a bug in the loop itself: the loop goes on, the running rows are retried
+                _log.exception("engine loop failed; recomputing the running sequences")
+                try:
+                    self._recompute_running()
+                except Exception:  # never let the worker thread die: drop the batch instead
+                    _log.exception("recomputing failed; failing the running sequences")
+                    for seq in self._batch.clear():
+                        seq.fail("the engine failed while decoding this sequence")
+            finally:
                 self._deliveries.flush()
 
     def _handle(self, command: str, payload: Any) -> None:
         if command == "add":
-            self._waiting.append(payload)
+            self._scheduler.add(payload)
         elif command == "cancel":
             if not payload.cancelled:
                 self.aborted += 1
-            payload.cancelled = True
-            if payload in self._waiting:
-                self._waiting.remove(payload)
+            self._scheduler.cancel(payload)
         elif command == "call":
             fn, future = payload
             try:
@@ -175,16 +202,61 @@ class TransformersEngine(HFTokenizerMixin):
                 future.set_exception(error)
 
     def _admit(self) -> None:
-        room = self.max_batch_size - len(self._batch)
-        if room <= 0 or not self._waiting:
+        """Move waiting sequences into the batch, fairly between requests (see `scheduler.py`)."""
+        if not len(self._scheduler):
             return
-        admitted, self._waiting = self._waiting[:room], self._waiting[room:]
-        admitted = [s for s in admitted if not s.cancelled]
+        running = self._batch.running_groups()
+        room = self.max_batch_size - sum(running.values())
+        victims = self._scheduler.preemptions(room, running, self.max_batch_size)
+        if victims:
+            for seq in self._batch.preempt(victims):
+                self._scheduler.requeue(seq)
+            running = self._batch.running_groups()
+            room = self.max_batch_size - sum(running.values())
+        if room <= 0:
+            return
+        admitted = []
+        for seq in self._scheduler.pick(room, running):
+            if seq.request.adapter and seq.request.adapter not in self._adapters:
+                seq.fail(f"adapter {seq.request.adapter!r} is not loaded")
+                continue
+            if seq.request.adapter:
+                self._adapters.move_to_end(seq.request.adapter)
+            admitted.append(seq)
         if admitted:
-            for seq in admitted:
-                if seq.request.adapter:
-                    self._adapters.move_to_end(seq.request.adapter)
-            self._batch.add(admitted)
+            self._prefill(admitted)
+
+    def _prefill(self, seqs: list) -> None:
+        """Prefill `seqs` together; if that fails, one by one, so only the sequences at fault fail."""
+        try:
+            self._batch.add(seqs)
+            return
+        except Exception as error:
+            if len(seqs) == 1:
+                _log.exception("prefill of sequence %d failed", seqs[0].key)
+                seqs[0].fail(f"prefill failed: {type(error).__name__}: {error}")
+                return
+        for seq in seqs:
+            self._prefill([seq])
+
+    def _decode(self) -> None:
+        """One decoding step. A failed forward pass cannot be blamed on one row, and the shared KV cache
+        may be half updated: the running sequences are recomputed, and fail if they fail twice."""
+        try:
+            self._batch.step()
+        except Exception:
+            _log.exception("decoding step failed; recomputing the %d running sequences", len(self._batch))
+            self._recompute_running()
+
+    def _recompute_running(self) -> None:
+        for seq in self._batch.clear():
+            if seq.cancelled:
+                continue
+            if seq.recomputed:
+                seq.fail("the engine failed twice while decoding this sequence")
+            else:
+                seq.recomputed = True
+                self._scheduler.requeue(seq)
 
     def _load_adapter(self, name: str, path: Path) -> None:
         from peft import PeftModel
@@ -198,7 +270,8 @@ class TransformersEngine(HFTokenizerMixin):
         self.model.to(self.device).eval()
         self._batch.model = self.model
         self._adapters[name] = path
-        in_use = {s.request.adapter for s in self._batch.seqs + self._waiting}
+        in_use = {s.request.adapter for s in self._batch.seqs}
+        in_use.update(s.request.adapter for s in self._scheduler.sequences() if not s.cancelled)
         for old in list(self._adapters):
             if len(self._adapters) <= self.max_loaded_adapters:
                 break
@@ -220,38 +293,3 @@ class TransformersEngine(HFTokenizerMixin):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.cpu().tolist(), int(encoded["attention_mask"].sum())
-
-
-class _Deliveries:
-    """Token events of one decoding step, handed to each event loop in one callback."""
-
-    def __init__(self) -> None:
-        self.pending: dict = {}
-
-    def sink(self, loop: asyncio.AbstractEventLoop, events: asyncio.Queue,
-             stream: bool = True) -> Callable[[TokenEvent], None]:
-        """The `emit` function of one sequence; unless `stream`, events are held until the last one."""
-        if stream:
-            return lambda event: self.pending.setdefault(loop, []).append((events, event))
-        held: list = []
-
-        def emit(event: TokenEvent) -> None:
-            held.append((events, event))
-            if event.finish_reason is not None:
-                self.pending.setdefault(loop, []).extend(held)
-                held.clear()
-
-        return emit
-
-    def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for loop, items in pending.items():
-            try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop is closed (server shutting down)
-                pass
-
-
-def _put_all(items: list) -> None:
-    for events, event in items:
-        events.put_nowait(event)

@@ -13,6 +13,7 @@ collision. Closing a `generate` iterator early aborts the request in vLLM (the c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import zlib
 from dataclasses import dataclass
@@ -87,11 +88,21 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     Unset fields are left out (vLLM's defaults apply); temperature None means greedy, as for the
     other engines (the serving layer already turned it into 1.0 for models that sample by default).
     Detokenization and stop strings stay in the gateway.
+
+    The values pass the same checks as on the transformers engine first (`sampling.check_sampling`,
+    vLLM's own rules): a temperature below 1e-5 is sent as 0 (greedy) and the repetition penalty is
+    clamped to [1e-20, 1e20], since vLLM keeps penalties in float32, where 1e-300 is 0 and divides to inf.
+
+    Raises:
+        GenerationRequestError: a value vLLM rejects (a 400 naming the field).
     """
+    from llmops.gateway.engines.sampling import check_sampling
+
+    checked = check_sampling(params, vocab_size=2**31)  # vLLM itself bounds logprobs (max_logprobs)
     kwargs: dict[str, Any] = {
         "n": 1,
         "max_tokens": params.max_tokens,
-        "temperature": 0.0 if params.temperature is None else float(params.temperature),
+        "temperature": 0.0 if checked.greedy else checked.temperature,
         "ignore_eos": bool(params.ignore_eos),
         "detokenize": False,
         "skip_special_tokens": True,
@@ -101,9 +112,11 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     if params.top_k is not None and params.top_k > 0:
         kwargs["top_k"] = int(params.top_k)
     if params.repetition_penalty is not None:
-        kwargs["repetition_penalty"] = float(params.repetition_penalty)
-    if params.seed is not None:
-        kwargs["seed"] = int(params.seed)
+        kwargs["repetition_penalty"] = checked.repetition_penalty
+    if params.min_p is not None:
+        kwargs["min_p"] = float(params.min_p)
+    if checked.seed is not None:
+        kwargs["seed"] = checked.seed
     if params.logprobs is not None:
         kwargs["logprobs"] = int(params.logprobs)
     return kwargs
@@ -138,6 +151,7 @@ class VllmEngine(HFTokenizerMixin):
         self.loras = LoraBook()
         self.running = 0
         self.aborted = 0
+        self._keys = itertools.count(1)  # vLLM request ids: made here, never the client's x-request-id
         self._engine: Any = None
         self.start()
 
@@ -173,10 +187,11 @@ class VllmEngine(HFTokenizerMixin):
             slot = self.loras.get(request.adapter)
             lora = LoRARequest(slot.name, slot.int_id, slot.path)
         finished = False
+        key = f"llmops-{next(self._keys)}"
         self.running += 1
         try:
             stream = self._engine.generate({"prompt_token_ids": list(request.prompt_ids)}, params,
-                                           request.request_id, lora_request=lora)
+                                           key, lora_request=lora)
             async for output in stream:
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
@@ -202,7 +217,7 @@ class VllmEngine(HFTokenizerMixin):
             self.running -= 1
             if not finished:
                 self.aborted += 1
-                await self._engine.abort(request.request_id)
+                await self._engine.abort(key)
 
     async def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         """Not offered by this engine (serve an embedding model with `transformers`)."""
