@@ -73,8 +73,8 @@ def _pypi_reachable() -> bool:
 
 
 @pytest.fixture(scope="module")
-def resolutions(tmp_path_factory):
-    """{(extra, python): pip's report or the error text}, resolved in parallel."""
+def resolutions(request, tmp_path_factory):
+    """{(extra, python): pip's report or the error text}, resolved in parallel (only what the run selected)."""
     if not _pypi_reachable():
         pytest.skip("PyPI is unreachable: the resolution test needs the package index")
     import pip
@@ -84,10 +84,13 @@ def resolutions(tmp_path_factory):
     work = tmp_path_factory.mktemp("resolve")
     # This pip, runnable by any Python >= 3.9 (`python <dir>/pip`), so each version's markers are its own.
     shutil.copytree(Path(pip.__file__).parent, work / "runner" / "pip")
-    no_constraints = work / "no-constraints.txt"
-    no_constraints.write_text("")  # a machine-wide PIP_CONSTRAINT must not cap what users would get
-    env = {**os.environ, "PIP_CONSTRAINT": str(no_constraints), "PIP_CACHE_DIR": str(work / "cache"),
-           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    # What a user gets from PyPI: no machine-wide pip configuration (local wheel folders, extra indexes,
+    # constraints) takes part; only the certificate bundle is kept, for HTTPS through a proxy.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update({"PIP_CONFIG_FILE": os.devnull, "PIP_CACHE_DIR": str(work / "cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                "PIP_NO_INPUT": "1", "PIP_INDEX_URL": "https://pypi.org/simple"})
+    if os.environ.get("PIP_CERT"):
+        env["PIP_CERT"] = os.environ["PIP_CERT"]
 
     def resolve(job: tuple[str, str]):
         extra, minor = job
@@ -106,7 +109,11 @@ def resolutions(tmp_path_factory):
             return job, f"pip could not resolve llmops[{extra}] on Python {minor}:\n{done.stderr[-3000:]}"
         return job, json.loads(report.read_text())
 
-    jobs = [(extra, minor) for extra in EXTRAS for minor in _declared_pythons()]
+    selected = {(item.callspec.params["extra"], item.callspec.params["minor"]) for item in request.session.items
+                if getattr(item, "originalname", "") == "test_extra_resolves_to_a_consistent_set"}
+    everything = any(getattr(item, "originalname", "") == "test_the_python_floor_is_what_the_chosen_sets_need"
+                     for item in request.session.items)
+    jobs = [(extra, minor) for extra in EXTRAS for minor in _declared_pythons() if everything or (extra, minor) in selected]
     with ThreadPoolExecutor(len(jobs)) as pool:
         results = dict(pool.map(resolve, jobs))
     shutil.rmtree(work / "cache", ignore_errors=True)
