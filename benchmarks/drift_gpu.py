@@ -82,6 +82,16 @@ def tile_flops(rows: int, d: int, label_columns: int, tile: int) -> float:
     return entries * 2.0 * (d + label_columns)
 
 
+def _half_gemm_f32(a, b):
+    """float16 x float16 with a float32 result (cuBLAS' fp32 accumulation kept, no fp16 rounding of the output)."""
+    import torch
+
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)  # aten::mm.dtype, CUDA only
+    except (TypeError, NotImplementedError, RuntimeError):
+        return (a @ b).float()
+
+
 def torch_peer_sums(z, labels, sigma: float, tile: int = 8192):
     """The PyTorch peer: symmetric tiles, TF32 Gram, float16 kernel tile, float16 GEMM with all label columns.
 
@@ -103,7 +113,7 @@ def torch_peer_sums(z, labels, sigma: float, tile: int = 8192):
             k = torch.exp((k - hi[:, None] - half_sq[None, j0 : j0 + tile]).clamp_(max=0.0)).to(torch.float16)
             if i0 == j0:
                 k.fill_diagonal_(0.0)
-            acc += (k @ w[j0 : j0 + tile]).double() * (1.0 if i0 == j0 else 2.0)
+            acc += _half_gemm_f32(k, w[j0 : j0 + tile]).double() * (1.0 if i0 == j0 else 2.0)
         q += (acc * w[i0 : i0 + tile]).sum(0)
     return q
 

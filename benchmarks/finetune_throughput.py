@@ -177,7 +177,7 @@ def run_baseline(model_dir: Path, data: Path, work: Path, args) -> dict:
     metrics = trainer.train().metrics
     cpu_s = time.process_time() - cpu_start
     return {"tokens_per_s": counted["tokens"] / metrics["train_runtime"], "tokens_per_cpu_s": counted["tokens"] / cpu_s,
-            "final_loss": trainer.state.log_history[-2].get("loss")}
+            "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
 
 
 def main() -> int:
