@@ -266,6 +266,7 @@ class _Job:
             )
         return found
 
+
 def main_entry(config_path: str, overrides: list[str]) -> FinetuneResult:
     """Run the job and print the outcome on rank 0 (used by `python -m llmops.finetune` and the CLI)."""
     result = run_finetune(config_path, overrides)

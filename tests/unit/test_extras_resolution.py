@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
