@@ -6,13 +6,13 @@
 #   3. benchmarks/finetune_throughput.py --device cuda: random-init ~0.5B Llama in bf16, packed llmops
 #      vs padded Trainer + peft (>= 4x), and llmops' MFU (>= 25% of the bf16 peak)
 #   4. the transformers engine on CUDA with two adapters and the base in one batch
-# Prints one `gpu_check:` summary line per figure at the end; the logs go to $OUT (or ./gpu-check-logs).
+# Prints one `gpu_check:` summary line per figure at the end; the logs go to $OUT (else /tmp/llmops-gpu-check).
 # Each part exits 0 with a `skip:` line where no GPU is visible. Exit status: non-zero if a part failed.
 #
 #   bash benchmarks/gpu_check.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-LOGS="${OUT:-gpu-check-logs}"
+LOGS="${OUT:-${TMPDIR:-/tmp}/llmops-gpu-check}"
 mkdir -p "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python}"
@@ -51,7 +51,7 @@ part drift_gpu 120 "$PY" benchmarks/drift_gpu.py --repeats 3
 part finetune 180 "$PY" benchmarks/finetune_throughput.py --device cuda --model-size 0.5b --steps 30 --rows 600 --repeat 1 --batch-size 8
 part engine_two_adapters 60 "$PY" -m pytest tests/gpu/test_transformers_engine_cuda.py -q -rs -p no:cacheprovider
 
-tests_line=$(last_line tests_gpu "[0-9]+ (passed|failed)|no tests ran")
+tests_line=$(last_line tests_gpu "[0-9]+ (passed|failed|skipped)|no tests ran")
 summary+=("gpu_check: tests/gpu ${tests_line:-no result}")
 drift=$(last_line drift_gpu "mmd_s=|skip:")
 if [[ "$drift" == mmd_s=* ]]; then
@@ -78,7 +78,7 @@ if [[ "$finetune" == ratio=* ]]; then
 else
     summary+=("gpu_check: finetune ${finetune:-no result}")
 fi
-engine=$(last_line engine_two_adapters "[0-9]+ (passed|failed)|no tests ran")
+engine=$(last_line engine_two_adapters "[0-9]+ (passed|failed|skipped)|no tests ran")
 summary+=("gpu_check: transformers engine, two adapters + base in one batch on CUDA: ${engine:-no result}")
 
 echo
