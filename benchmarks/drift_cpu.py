@@ -7,7 +7,10 @@ baselines installed; a missing baseline prints a skip line. Example:
 
     OMP_NUM_THREADS=2 python benchmarks/drift_cpu.py
 
-Ends with `ratio=<llmops speed-up over alibi-detect> target=100` plus more key=value pairs.
+Ends with `ratio=<llmops speed-up over alibi-detect> target=100` plus more key=value pairs, among
+them `efficiency=`: the achieved FLOP/s of llmops' tile work (the Gram and label GEMMs of the
+symmetric tile schedule, timed alone) divided by the FLOP/s of a NumPy float32 GEMM measured in the
+same run with the same threads, i.e. how close the tiles come to what this machine's BLAS can do.
 """
 
 from __future__ import annotations
@@ -59,6 +62,58 @@ def run_alibi(ref, cur, permutations):
     detector = MMDDrift(ref, backend="pytorch", p_val=0.05, n_permutations=permutations, device="cpu")
     prediction = detector.predict(cur)["data"]
     return time.perf_counter() - start, f"mmd2={prediction['distance']:.6f} p={prediction['p_val']:.4f}"
+
+
+def tile_work_flops(rows: int, d: int, columns: int, tile: int) -> float:
+    """Matrix FLOPs of `numpy_ref.rbf_permutation_sums`: tile pairs I <= J, each a Gram (2d per entry),
+    a product with the weights (2 per entry and column) and, off the diagonal, the column sums (2 per entry)."""
+    starts = range(0, rows, tile)
+    flops = 0.0
+    for a, i in enumerate(starts):
+        bi = min(tile, rows - i)
+        for j in list(starts)[a:]:
+            entries = bi * min(tile, rows - j)
+            flops += entries * 2.0 * (d + columns + (1 if i != j else 0))
+    return flops
+
+
+def sgemm_flops_per_s(workers: int, size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of float32 NumPy GEMMs run the way the tiles run: `workers` threads, one BLAS thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from llmops.drift.kernels.numpy_ref import _single_threaded_blas
+
+    rng = np.random.default_rng(1)
+    pairs = [(rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32))
+             for _ in range(workers)]
+    with _single_threaded_blas(), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda ab: ab[0] @ ab[1], pairs))
+        best = min(_timed(lambda: list(pool.map(lambda ab: ab[0] @ ab[1], pairs))) for _ in range(repeats))
+    return workers * 2.0 * size**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def tile_efficiency(ref, cur, permutations: int, repeats: int) -> tuple[float, float, float]:
+    """(achieved FLOP/s of the tile work, NumPy sgemm FLOP/s, their ratio), measured back to back."""
+    from llmops.drift.embedding import median_bandwidth, permutation_labels
+    from llmops.drift.kernels import numpy_ref
+
+    z = np.concatenate([ref, cur])
+    labels = permutation_labels(len(ref), len(cur), permutations, seed=0)
+    sigma = median_bandwidth(z)
+    flops = tile_work_flops(len(z), z.shape[1], labels.shape[1] + 1, numpy_ref._tile_size(len(z)))
+    workers = min(os.cpu_count() or 1, 8)  # numpy_ref's default: tiles in threads, one BLAS thread each
+    tiles, gemms = [], []
+    for _ in range(repeats):  # alternating, best of each: a shared machine's load moves between runs
+        tiles.append(_timed(lambda: numpy_ref.rbf_permutation_sums(z, labels, sigma)))
+        gemms.append(sgemm_flops_per_s(workers, repeats=1))
+    achieved, sgemm = flops / min(tiles), max(gemms)
+    return achieved, sgemm, achieved / sgemm
 
 
 def evidently_runner(ref, cur):
@@ -128,9 +183,12 @@ def main() -> None:
         print(f"{label:<66} {secs:>9.3f} {secs / llmops_s:>15.1f}x  {detail}")
     print(f"llmops runs (s): {' '.join(f'{t:.3f}' for t, _ in llmops_runs)}; "
           f"evidently runs (s): {' '.join(f'{t:.3f}' for t, _ in evidently_runs) or 'none'}; load average at end {os.getloadavg()[0]:.2f}")
+    achieved, sgemm, efficiency = tile_efficiency(ref, cur, args.permutations, args.repeats)
+    print(f"tile work: {achieved / 1e9:.1f} GFLOP/s achieved; NumPy sgemm (2048³ per thread, same threads): {sgemm / 1e9:.1f} GFLOP/s")
     ratio = f"{alibi_s / llmops_s:.1f}" if alibi_s else "nan"
     ratio_ev = f"{evidently_s / llmops_s:.2f}" if evidently_s else "nan"
-    print(f"ratio={ratio} target=100 ratio_evidently={ratio_ev} target_evidently=2 llmops_s={llmops_s:.3f}")
+    print(f"ratio={ratio} target=100 ratio_evidently={ratio_ev} target_evidently=2 llmops_s={llmops_s:.3f} "
+          f"efficiency={efficiency:.2f} tile_gflops={achieved / 1e9:.1f} sgemm_gflops={sgemm / 1e9:.1f}")
 
 
 if __name__ == "__main__":

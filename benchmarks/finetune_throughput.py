@@ -18,7 +18,11 @@ about 150), drawn from the tiny corpus; only the assistant turns are trained.
 alternating, and the best run of each counts. On CPU with one thread the ratio is taken on the
 CPU time of the training loop (`--clock cpu`): on a shared machine wall time measures the other
 tenants, while one thread's CPU time is what the loop would take on an idle core; the wall-clock
-ratio is printed too (`wall_ratio=`). Ends with `ratio=<llmops tokens/s over the baseline> target=1.5`.
+ratio is printed too (`wall_ratio=`). Ends with `ratio=<llmops tokens/s over the baseline> target=1.5`
+on CPU and `target=4` on CUDA (the GPU issue: packed >= 4x padded), plus `mfu=` on CUDA: llmops'
+model FLOP utilisation, 4·N FLOPs per trained token (a LoRA step over frozen weights: 2N forward,
+2N for the input gradients, no weight gradients; LoRA's own FLOPs and attention left out) over
+the device's dense bf16 peak (datasheet for known devices), against the issue's 25%.
 """
 
 from __future__ import annotations
@@ -77,6 +81,28 @@ def make_model(size: str, folder: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+BF16_DENSE_PEAKS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362e12}
+
+
+def parameter_count(model_dir: Path) -> int:
+    """Parameters of the base model (from its safetensors headers: nothing is loaded)."""
+    import json as _json
+    import struct
+
+    total = 0
+    for file in model_dir.glob("*.safetensors"):
+        with file.open("rb") as handle:
+            header = _json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                total += math.prod(meta["shape"])
+    return total
+
+
+def bf16_peak(name: str) -> float | None:
+    return next((peak for key, peak in BF16_DENSE_PEAKS.items() if key in name), None)
 
 
 def run_llmops(model_dir: Path, data: Path, work: Path, args) -> dict:
@@ -151,7 +177,7 @@ def run_baseline(model_dir: Path, data: Path, work: Path, args) -> dict:
     metrics = trainer.train().metrics
     cpu_s = time.process_time() - cpu_start
     return {"tokens_per_s": counted["tokens"] / metrics["train_runtime"], "tokens_per_cpu_s": counted["tokens"] / cpu_s,
-            "final_loss": trainer.state.log_history[-2].get("loss")}
+            "final_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)}
 
 
 def main() -> int:
@@ -189,8 +215,9 @@ def main() -> int:
         data = work / "chats.jsonl"
         make_dataset(data, args.rows, seed=0)
         model_dir = make_model(args.model_size, work)
+        n_params = parameter_count(model_dir)
         device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"{platform.processor() or 'cpu'}, {args.threads} thread(s)"
-        print(f"model={args.model_size} device={args.device} ({device_name}) torch={torch.__version__} "
+        print(f"model={args.model_size} ({n_params / 1e6:.0f}M parameters) device={args.device} ({device_name}) torch={torch.__version__} "
               f"transformers={transformers.__version__} peft={peft.__version__}")
         print(f"data: {args.rows} chats of varied length (max_seq_len {args.max_seq_len}), loss on assistant turns; "
               f"LoRA r={args.r} all-linear; batch {args.batch_size} x accumulation {args.accumulation}; {args.steps} steps; "
@@ -212,8 +239,15 @@ def main() -> int:
     print(f"best of {args.repeat}, trained (non-padding) tokens per {'CPU second of the training loop' if args.clock == 'cpu' else 'wall-clock second'}: "
           f"baseline {best_baseline:,.0f}, llmops {best_ours:,.0f}")
     ratio = best_ours / best_baseline
-    print(f"ratio={ratio:.2f} target=1.5 clock={args.clock} wall_ratio={wall_ratio:.2f} llmops_tokens_per_s={best_ours:.0f} "
-          f"baseline_tokens_per_s={best_baseline:.0f} model={args.model_size} device={args.device} threads={args.threads}")
+    target = 4 if args.device == "cuda" else 1.5
+    extra = ""
+    if args.device == "cuda":
+        peak = bf16_peak(device_name)
+        best_wall = max(r["tokens_per_s"] for r in ours)
+        mfu = f"{4 * n_params * best_wall / peak:.3f}" if peak else "nan"
+        extra = f" mfu={mfu} mfu_target=0.25 flops_per_token=4N n_params={n_params}"
+    print(f"ratio={ratio:.2f} target={target} clock={args.clock} wall_ratio={wall_ratio:.2f} llmops_tokens_per_s={best_ours:.0f} "
+          f"baseline_tokens_per_s={best_baseline:.0f} model={args.model_size} device={args.device} threads={args.threads}{extra}")
     return 0
 
 

@@ -7,6 +7,11 @@ Layout of `<run dir>/checkpoints/step-000040/`:
 - `scheduler.pt` the learning-rate scheduler (rank 0)
 - `rank{R}.pt`   optimizer state and RNG states of process R (sharded optimizers stay per rank)
 
+Every `.pt` file holds tensors and plain data only (NumPy's RNG state is stored as a tensor), so
+resume loads it with `torch.load(weights_only=True)`: a checkpoint folder shared between machines
+cannot run code on the machine that resumes from it. A file that needs anything else (a pickled
+callable, an arbitrary class) is refused with an error that names it.
+
 A checkpoint is written into a hidden temporary folder and renamed when every process has
 written its part, so a process killed mid-save (SIGKILL, preemption) never leaves a checkpoint that
 `resume: auto` would pick up half-written.
@@ -24,7 +29,7 @@ from typing import Any, Optional
 
 from llmops.finetune import FinetuneError
 
-__all__ = ["TrainState", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "prune_checkpoints"]
+__all__ = ["TrainState", "save_checkpoint", "latest_checkpoint", "load_checkpoint", "load_safely", "prune_checkpoints"]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -47,10 +52,18 @@ class TrainState:
 
 
 def _rng_state() -> dict[str, Any]:
+    """RNG states as plain data and tensors (loadable with ``weights_only=True``)."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {"algorithm": str(algorithm), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -60,11 +73,36 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["algorithm"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_safely(path: Path) -> Any:
+    """`torch.load(path, weights_only=True)`, with a refusal that names the file and says what to do.
+
+    Raises:
+        FinetuneError: the file is missing, unreadable, or needs code to load (a pickled callable or class).
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()
+        detail = next((line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        raise FinetuneError(
+            f"checkpoint.resume: refusing {path}: it holds Python objects that would run code when loaded ({detail}); "
+            "llmops checkpoints hold only tensors and plain data. Delete the folder or set checkpoint.resume=never"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as error:
+        raise FinetuneError(f"checkpoint.resume: cannot read {path} ({error}); delete the folder or set checkpoint.resume=never") from None
 
 
 def save_checkpoint(
@@ -120,17 +158,16 @@ def load_checkpoint(accelerator: Any, checkpoint: Path, optimizer: Any, schedule
     import torch
 
     own = checkpoint / f"rank{accelerator.process_index}.pt"
-    payload = torch.load(own if own.exists() else checkpoint / "rank0.pt", weights_only=False)
+    payload = load_safely(own if own.exists() else checkpoint / "rank0.pt")
+    scheduler_state = load_safely(checkpoint / "scheduler.pt")
     optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
+    scheduler.load_state_dict(scheduler_state)
     _set_rng_state(payload["rng"])
 
 
 def load_adapter_state(checkpoint: Path) -> dict:
-    """The trainable weights saved in a checkpoint."""
-    import torch
-
-    return torch.load(checkpoint / "adapter.pt", weights_only=True)
+    """The trainable weights saved in a checkpoint (weights-only load, see `load_safely`)."""
+    return load_safely(checkpoint / "adapter.pt")
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:

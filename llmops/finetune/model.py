@@ -10,7 +10,10 @@ from typing import Any, Optional
 from llmops.finetune import FinetuneError
 from llmops.finetune.schema import FinetuneConfig
 
-__all__ = ["quiet_transformers", "BaseModelRef", "resolve_base", "load_tokenizer", "load_model", "add_adapter", "weights_dtype"]
+__all__ = [
+    "quiet_transformers", "BaseModelRef", "resolve_base", "load_tokenizer", "load_model", "add_adapter", "weights_dtype",
+    "resolve_attention",
+]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -119,8 +122,40 @@ def weights_dtype(config: FinetuneConfig, cuda: bool):
     return getattr(torch, name)
 
 
-def load_model(base: BaseModelRef, config: FinetuneConfig, dtype: Any, where: str = "model.base"):
-    """The base causal LM, with gradient checkpointing when configured.
+_FLASH_MODULES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def resolve_attention(requested: str, cuda: bool) -> tuple[str, str]:
+    """The attention implementation a run uses for `model.attn_implementation`, and why.
+
+    `auto` is `flash_attention_2` when flash-attn is importable and a GPU is present, else `sdpa`
+    (PyTorch's fused attention, always available). FlashAttention asked for by name must be importable.
+
+    Returns:
+        (implementation, reason), e.g. `("sdpa", "auto: flash-attn is not importable")`.
+
+    Raises:
+        FinetuneError: FlashAttention requested by name but not installed.
+    """
+    from llmops import extras
+
+    if requested == "auto":
+        if not extras.has_flash_attn(2):
+            return "sdpa", "auto: flash-attn is not importable"
+        if not cuda:
+            return "sdpa", "auto: flash-attn is importable but no GPU is visible"
+        return "flash_attention_2", "auto: flash-attn is importable"
+    module = _FLASH_MODULES.get(requested)
+    if module and not extras.has_module(module):
+        raise FinetuneError(
+            f"model.attn_implementation: {requested} needs the {module} package, which is not importable here: "
+            f"run `{extras.install_hint(module)}`, or set model.attn_implementation to auto or sdpa"
+        )
+    return requested, "as configured"
+
+
+def load_model(base: BaseModelRef, config: FinetuneConfig, dtype: Any, where: str = "model.base", attention: str = "sdpa"):
+    """The base causal LM with `attention` (see `resolve_attention`), and gradient checkpointing when configured.
 
     Raises:
         FinetuneError: the weights cannot be loaded.
@@ -132,7 +167,7 @@ def load_model(base: BaseModelRef, config: FinetuneConfig, dtype: Any, where: st
             base.load_from,
             revision=base.revision,
             dtype=dtype,
-            attn_implementation=config.model.attn_implementation,
+            attn_implementation=attention,
             trust_remote_code=config.model.trust_remote_code,
         )
     except (OSError, ValueError, ImportError) as error:

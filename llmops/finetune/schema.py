@@ -56,8 +56,8 @@ class ModelSection(ConfigModel):
     """Hub revision (commit or tag) to pin when `base` is a hub id; ignored for registry refs (they pin their own)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weight and compute dtype: `auto` is bfloat16 on a GPU that supports it, float32 on CPU."""
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "sdpa"
-    """Attention kernel passed to transformers (`attn_implementation`)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = "auto"
+    """Attention kernel passed to transformers: `auto` is `flash_attention_2` where the flash-attn package is importable and a GPU is present, else `sdpa` (`llmops validate` prints the choice)."""
     trust_remote_code: bool = False
     """Allow model code from the hub repository (only for bases you trust)."""
 

@@ -37,11 +37,18 @@ class VllmConfig(ConfigModel):
     max_loras: int = Field(8, ge=1)
     """Adapters in one batch (`--max-loras`)."""
     max_lora_rank: int = Field(64, ge=1)
-    """Largest adapter rank served (`--max-lora-rank`)."""
+    """Largest adapter rank served (`--max-lora-rank`): one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's set)."""
     max_model_len: Optional[int] = Field(None, ge=1)
     """Context length; None: the model's."""
     engine_args: dict = {}
     """More `vllm.engine.arg_utils.AsyncEngineArgs` fields, passed as is (e.g. `tensor_parallel_size: 2`)."""
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _rank_vllm_accepts(cls, value: int) -> int:
+        from llmops.gateway.engines.vllm import check_max_lora_rank  # vLLM itself is not imported
+
+        return check_max_lora_rank(value)
 
 
 class EngineConfig(ConfigModel):

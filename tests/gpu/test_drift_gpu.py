@@ -63,15 +63,18 @@ def test_cupy_permutation_labels_are_splits():
 
 @needs_cupy
 @pytest.mark.parametrize("dtype, size, vocab", [("int32", 1_000_003, 128_256), ("int64", 77_777, 1_000), ("int32", 5, 7)])
-def test_cupy_histogram_matches_bincount(dtype, size, vocab):
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+def test_cupy_histogram_matches_bincount(dtype, size, vocab, offset):
     import cupy as cp
 
     from llmops.drift.kernels import cupy_kernels, numpy_ref
 
     rng = np.random.default_rng(size)
     ids = np.minimum(rng.zipf(1.2, size) - 1, vocab - 1).astype(dtype)
-    got = cupy_kernels.token_histogram(cp.asarray(ids), vocab).get()
-    np.testing.assert_array_equal(got, numpy_ref.token_histogram(ids, vocab))
+    on_device = cp.asarray(ids)[offset:]  # a view: offsets 1-3 start off a 16-byte boundary
+    assert (offset * ids.itemsize) % 16 == 0 or on_device.data.ptr % 16 != 0
+    got = cupy_kernels.token_histogram(on_device, vocab).get()
+    np.testing.assert_array_equal(got, numpy_ref.token_histogram(ids[offset:], vocab))
 
 
 @needs_cupy

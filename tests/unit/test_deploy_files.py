@@ -84,7 +84,38 @@ def test_dockerfile_runs_llmops_serve_as_non_root_with_a_healthcheck():
     env = " ".join(args for k, args in instructions if k == "ENV")
     assert "MLFLOW_TRACKING_URI=" in env and "HF_HOME=" in env
     runs = " ".join(args for k, args in instructions if k == "RUN")
-    assert "pip install --no-cache-dir '.[gpu]'" in runs
+    assert "pip install --no-cache-dir '.[gpu,vllm]'" in runs
+
+
+def test_dependency_layer_comes_before_the_code():
+    instructions = _instructions(DOCKERFILE)
+    code_copy = instructions.index(("COPY", "llmops ./llmops"))
+    dependency_install = next(i for i, (k, args) in enumerate(instructions) if k == "RUN" and "'.[gpu,vllm]'" in args)
+    assert dependency_install < code_copy
+    copies_before = [args for k, args in instructions[:dependency_install] if k == "COPY"]
+    assert copies_before == ["pyproject.toml README.md ./"]  # nothing that changes with the code
+    assert any(k == "RUN" and "--no-deps ." in args for k, args in instructions[code_copy:])
+
+
+def test_base_image_cuda_matches_the_torch_that_vllm_pins():
+    from packaging.requirements import Requirement
+
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    cupy = next(Requirement(r) for r in extras["gpu"] if r.startswith("cupy"))
+    assert cupy.name == "cupy-cuda13x" and "ctk" in cupy.extras  # CUDA headers for CuPy's float16 kernels
+    base = next(args for k, args in _instructions(DOCKERFILE) if k == "FROM")
+    assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-runtime-ubuntu24\.04", base), base
+    assert "driver >= 580" in DOCKERFILE.read_text()  # CUDA 13.0's minimum driver
+
+
+def test_every_docker_run_line_shares_host_ipc():
+    for path in (DOCKERFILE, ROOT / "README.md"):
+        runs = [line for line in path.read_text().splitlines() if "docker run" in line and "--gpus" in line]
+        assert runs, path
+        for line in runs:
+            assert "--ipc=host" in line, f"{path.name}: {line.strip()}"
 
 
 def test_dockerfile_copies_exist_and_dockerignore_keeps_the_store_out():

@@ -9,7 +9,8 @@ Rows that are not on the device (NumPy input larger than GPU memory) are streame
 
 Histograms: each block keeps a private histogram of one vocabulary slice in shared memory
 (32-bit counters), reads its share of the ids with 16-byte loads, and adds its counts to the
-global histogram once at the end; slices are sized to the device's shared memory.
+global histogram once at the end; slices are sized to the device's shared memory. Views that start
+off a 16-byte boundary (``ids[1:]``) read a short scalar head first (`histogram_plan`).
 
 Twins: `numpy_ref.rbf_permutation_sums` and `numpy_ref.token_histogram`.
 """
@@ -20,6 +21,7 @@ import contextlib
 
 import numpy as np
 
+from llmops.drift.kernels.histogram_plan import THREADS_PER_BLOCK, plan_histogram
 from llmops.drift.kernels.tiles import labels_from_keys, tiled_permutation_sums
 from llmops.extras import require
 
@@ -50,21 +52,26 @@ _rbf_tile_f16 = cp.ElementwiseKernel(
 
 _HISTOGRAM_SOURCE = r"""
 extern "C" __global__ void llmops_histogram_slice_%(name)s(
-        const %(ctype)s* __restrict__ ids, long long n, int vocab, int slice_bins,
+        const %(ctype)s* __restrict__ ids, long long n, long long head, int vocab, int slice_bins,
         unsigned long long* __restrict__ out) {
+    // ids[0:head] lie before the first 16-byte boundary; vector loads start at ids + head.
     extern __shared__ unsigned int bins[];
     const int lo = blockIdx.y * slice_bins;
     const int width = min(slice_bins, vocab - lo);
     for (int b = threadIdx.x; b < width; b += blockDim.x) bins[b] = 0u;
     __syncthreads();
-    const long long n_vec = n / %(vec)d;
-    const %(vtype)s* vec = reinterpret_cast<const %(vtype)s*>(ids);
+    const long long n_vec = (n - head) / %(vec)d;
+    const %(vtype)s* vec = reinterpret_cast<const %(vtype)s*>(ids + head);
     const long long step = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += step) {
+    const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (long long i = first; i < n_vec; i += step) {
         %(vtype)s v = vec[i];
         %(body)s
     }
-    for (long long i = n_vec * %(vec)d + (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+    // scalar ids: the head, then the tail after the last whole vector
+    const long long tail = head + n_vec * %(vec)d;
+    for (long long t = first; t < head + (n - tail); t += step) {
+        const long long i = t < head ? t : tail + (t - head);
         unsigned int a = (unsigned int)(ids[i] - lo);
         if (a < (unsigned int)width) atomicAdd(&bins[a], 1u);
     }
@@ -96,15 +103,13 @@ def token_histogram(ids, vocab_size: int):
     kernel = _histogram_kernel(str(ids.dtype))
     device = cp.cuda.Device()
     shared_max = int(device.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
-    slice_bins = min(int(vocab_size), shared_max // 4)
-    slices = -(-int(vocab_size) // slice_bins)
-    slice_bins = -(-int(vocab_size) // slices)  # even slices: every block does the same work
-    kernel.max_dynamic_shared_size_bytes = slice_bins * 4
-    sms = int(device.attributes["MultiProcessorCount"])
-    blocks_per_sm = max(1, shared_max // (slice_bins * 4 + 1024))
+    plan = plan_histogram(
+        ids.data.ptr, ids.size, ids.itemsize, int(vocab_size), shared_bytes=shared_max, sms=int(device.attributes["MultiProcessorCount"])
+    )
+    kernel.max_dynamic_shared_size_bytes = plan.slice_bins * 4
     out = cp.zeros(int(vocab_size), cp.uint64)
-    grid = (sms * blocks_per_sm, slices)
-    kernel(grid, (1024,), (ids, cp.int64(ids.size), cp.int32(vocab_size), cp.int32(slice_bins), out), shared_mem=slice_bins * 4)
+    args = (ids, cp.int64(ids.size), cp.int64(plan.head), cp.int32(vocab_size), cp.int32(plan.slice_bins), out)
+    kernel((plan.blocks_x, plan.slices), (THREADS_PER_BLOCK,), args, shared_mem=plan.slice_bins * 4)
     return out
 
 

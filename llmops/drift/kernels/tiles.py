@@ -2,7 +2,9 @@
 
 `tiled_permutation_sums` walks the tile pairs I <= J of the pooled rows and asks a `TileOps` for
 the three per-tile steps: the Gram product, the fused distance -> exp -> float16 kernel tile, and
-the float16 x float16 -> float32 product with the label columns. `cupy_kernels.CupyTileOps`
+the float16 x float16 -> float32 product with the label columns. Each tile's product is added
+into a float64 accumulator: a float32 running sum over N / tile tiles loses digits as N grows, and
+MMD² is a small difference of these large sums. `cupy_kernels.CupyTileOps`
 runs them as cuBLAS calls and a custom CuPy kernel. `NumpyTileOps` runs the same steps with the
 same roundings on the CPU, so CI checks the schedule (tile edges, symmetry, diagonal, streaming)
 against the independent `numpy_ref` twin without a GPU.
@@ -75,15 +77,18 @@ def tiled_permutation_sums(z, labels, bandwidth: float, *, ops, tile: int):
     # Flat buffers reshaped per tile keep every tile C-contiguous, edge tiles included.
     gram = xp.empty(tile * tile, xp.float32)
     kern = xp.empty(tile * tile, xp.float16)
-    acc = xp.empty(tile * width, xp.float32)
+    tile_product = xp.empty(tile * width, xp.float32)
+    acc = xp.empty(tile * width, xp.float64)
     r_col = xp.zeros(n_rows, xp.float64)
     with ops.gram_precision():
         for i0 in range(0, n_rows, tile):
             z_i, h_i = block(i0)
             bi = z_i.shape[0]
-            # acc = K_II W_I + 2 sum_{J>I} K_IJ W_J, accumulated by the GEMMs themselves (beta = 1):
-            # an off-diagonal tile also stands for its transpose, hence alpha = 2.
+            # acc = K_II W_I + 2 sum_{J>I} K_IJ W_J: an off-diagonal tile also stands for its
+            # transpose, hence alpha = 2. Each tile's float32 product joins a float64 sum.
             acc_i = acc[: bi * width].reshape(bi, width)
+            acc_i[...] = 0.0
+            product = tile_product[: bi * width].reshape(bi, width)
             for j0 in range(i0, n_rows, tile):
                 z_j, h_j = (z_i, h_i) if j0 == i0 else block(j0)
                 bj = z_j.shape[0]
@@ -91,13 +96,14 @@ def tiled_permutation_sums(z, labels, bandwidth: float, *, ops, tile: int):
                 ops.gram(z_i, z_j, g)
                 k = kern[: bi * bj].reshape(bi, bj)
                 ops.rbf_tile(g, h_i, h_j, i0, j0, k)
-                ops.gemm(k, weights[j0 : j0 + bj], acc_i, 1.0 if j0 == i0 else 2.0, 0.0 if j0 == i0 else 1.0)
+                ops.gemm(k, weights[j0 : j0 + bj], product, 1.0 if j0 == i0 else 2.0, 0.0)
+                acc_i += product
                 # column sums: the transpose tile's row sums (J > I), or K_II·1 itself (J = I)
                 column_sums = ops.colsum(k)
                 r_col[j0 : j0 + bj] += column_sums
                 if j0 == i0:
                     diagonal_tile_sums = column_sums
-            q += (acc_i[:, :n_perm] * weights[i0 : i0 + bi, :n_perm]).sum(axis=0, dtype=xp.float64)
+            q += (acc_i[:, :n_perm] * weights[i0 : i0 + bi, :n_perm]).sum(axis=0)
             # acc's ones column = K_II·1 + 2·sum_{J>I} K_IJ·1 and r_col = K_II·1 + sum_{J<I} K_JIᵀ·1, so
             # r_I = K_II·1 + sum_{J>I} K_IJ·1 + sum_{J<I} K_JIᵀ·1 = acc/2 + r_col - K_II·1/2.
             r[i0 : i0 + bi] = 0.5 * acc_i[:, n_perm] + r_col[i0 : i0 + bi] - 0.5 * diagonal_tile_sums

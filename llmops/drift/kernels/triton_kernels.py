@@ -4,6 +4,9 @@ Each program owns a BM-row tile of x and a BP-column slice of w and walks over y
 Gram tile by `tl.dot`, squared distance, exp2, then `tl.dot` with the matching rows of w. This pays
 when the right-hand side is narrow (P + 1 <= BP permutations: the Gram is computed once per tile);
 for many permutations the CuPy backend's tile GEMMs share one Gram across all of them.
+Row offsets are int64: `rows * stride` passes 2^31 elements on large inputs (and on row-strided
+views of large buffers), where int32 would wrap. Each y tile's product is added into a float64
+accumulator, so the permutation sums do not lose digits as m grows.
 Runs on CUDA, or on CPU tensors under TRITON_INTERPRET=1 (slowly: small CI checks only).
 Its NumPy twin is `numpy_ref.rbf_matmul`.
 """
@@ -31,14 +34,15 @@ def _rbf_matmul_kernel(
 ):
     pid_m = tl.program_id(0)
     pid_p = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
+    # int64 before any multiply by a stride: Triton passes strides and sizes below 2^31 as int32
+    rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     cols_p = pid_p * BP + tl.arange(0, BP)
     row_mask = rows < n
     p_mask = cols_p < p
     xx = tl.load(xx_ptr + rows, mask=row_mask, other=0.0)
-    acc = tl.zeros((BM, BP), dtype=tl.float32)
+    acc = tl.zeros((BM, BP), dtype=tl.float64)
     for j0 in range(0, m, BN):
-        cols = j0 + tl.arange(0, BN)
+        cols = tl.arange(0, BN).to(tl.int64) + j0
         col_mask = cols < m
         gram = tl.zeros((BM, BN), dtype=tl.float32)
         for k0 in range(0, d, BK):
@@ -55,7 +59,7 @@ def _rbf_matmul_kernel(
             keep = keep & (rows[:, None] != cols[None, :])
         kernel = tl.where(keep, kernel, 0.0)
         w_tile = tl.load(w_ptr + cols[:, None] * stride_w + cols_p[None, :], mask=col_mask[:, None] & p_mask[None, :], other=0.0)
-        acc += tl.dot(kernel, w_tile)
+        acc += tl.dot(kernel, w_tile).to(tl.float64)
     tl.store(out_ptr + rows[:, None] * stride_o + cols_p[None, :], acc, mask=row_mask[:, None] & p_mask[None, :])
 
 
@@ -65,27 +69,36 @@ def _device():
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _rows_on(device: str, a):
+    """float32 tensor on `device`; row-strided views stay views (the kernel takes a row stride)."""
+    import torch
+
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).to(device, torch.float32)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def rbf_matmul(x, y, w, bandwidth: float, *, exclude_diagonal: bool = False, block: int | None = None):
     """exp(-|x_i - y_j|² / (2σ²)) @ w without storing the kernel matrix.
 
     Args:
-        x: (n, d), y: (m, d), w: (m, p): torch tensors or NumPy arrays (moved to the kernel's device).
+        x: (n, d), y: (m, d), w: (m, p): torch tensors or NumPy arrays (moved to the kernel's device);
+            rows may be strided (views into a larger buffer are read in place), columns must be dense.
         bandwidth: σ.
         exclude_diagonal: treat k(x_i, y_i) as 0 (x and y are the same rows: the unbiased estimator).
         block: tile size BM = BN = BP (default 64; at least 16, a power of two).
 
     Returns:
-        (n, p) float32 torch tensor on the kernel's device.
+        (n, p) float64 torch tensor on the kernel's device (float32 tile products, float64 sums).
     """
     import torch
 
     device = _device()
-    x, y, w = (torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).to(device, torch.float32).contiguous() for a in (x, y, w))
+    x, y, w = (_rows_on(device, a) for a in (x, y, w))
     n, d = x.shape
     m, p = w.shape
     block = block or 64
     bk = min(block, max(16, triton.next_power_of_2(d)))
-    out = torch.empty((n, p), dtype=torch.float32, device=device)
+    out = torch.empty((n, p), dtype=torch.float64, device=device)
     xx = (x * x).sum(1)
     yy = (y * y).sum(1)
     grid = (triton.cdiv(n, block), triton.cdiv(p, block))

@@ -1,6 +1,6 @@
 """The `vllm` engine: an in-process vLLM `AsyncLLM`, one `LoRARequest` per registry adapter version.
 
-vLLM is the optional extra `llmops[gpu]`; this module imports it only in `VllmEngine.start()`, so it
+vLLM is the optional extra `llmops[vllm]`; this module imports it only in `VllmEngine.start()`, so it
 imports (and its pure parts are tested) without vLLM. The gateway keeps owning the chat template,
 stop strings and detokenization (`serving.py`), so vLLM gets token ids and returns token ids
 (`detokenize=False`, `RequestOutputKind.DELTA`): the same contract as the `transformers` engine.
@@ -8,6 +8,9 @@ stop strings and detokenization (`serving.py`), so vLLM gets token ids and retur
 Adapters get stable integer ids (vLLM needs a globally unique `lora_int_id` per adapter): derived
 from the adapter's name, so a version keeps its id across restarts, with the next free id on a
 collision. Closing a `generate` iterator early aborts the request in vLLM (the client went away).
+An adapter counts as loaded only once vLLM's `add_lora` succeeded. The tokenizer is read at the
+same revision as the weights, so a hub model pinned to a commit cannot pair its weights with a
+newer tokenizer.
 """
 
 from __future__ import annotations
@@ -18,14 +21,37 @@ import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, Sequence
 
 from llmops.gateway.engines.base import GenerationRequest, HFTokenizerMixin, SamplingParams, TokenEvent
 
-__all__ = ["LoraSlot", "LoraBook", "sampling_kwargs", "VllmEngine"]
+__all__ = ["LoraSlot", "LoraBook", "sampling_kwargs", "VllmEngine", "VLLM_MAX_LORA_RANKS", "check_max_lora_rank", "engine_args"]
 
 _log = logging.getLogger(__name__)
 _ID_SPACE = 2**31 - 1
+
+# vLLM validates `max_lora_rank` against a closed set: `MaxLoRARanks = Literal[1, 8, 16, 32, 64, 128,
+# 256, 320, 512]` in vllm/config/lora.py (LoRAConfig.max_lora_rank); any other value fails engine start.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def check_max_lora_rank(rank: int) -> int:
+    """`rank` when vLLM accepts it as `max_lora_rank`.
+
+    Raises:
+        ValueError: another value, with the allowed ones and the nearest that fits `rank`.
+    """
+    if rank in VLLM_MAX_LORA_RANKS:
+        return rank
+    allowed = ", ".join(map(str, VLLM_MAX_LORA_RANKS))
+    larger = [r for r in VLLM_MAX_LORA_RANKS if r > rank]
+    hint = f"; the smallest that serves rank-{rank} adapters is {larger[0]}" if larger else ""
+    raise ValueError(f"max_lora_rank {rank} is not one vLLM accepts: choose one of {allowed}{hint}")
+
+
+def engine_args(source: str, revision: Optional[str], options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of vLLM's `AsyncEngineArgs`: weights and tokenizer from the same source and revision."""
+    return {"model": source, "revision": revision, "tokenizer": source, "tokenizer_revision": revision, **options}
 
 
 @dataclass(frozen=True)
@@ -58,6 +84,28 @@ class LoraBook:
         self._ids.add(int_id)
         slot = LoraSlot(name, int_id, str(path))
         self._slots[name] = slot
+        return slot
+
+    async def load(self, name: str, path: str | Path, add: Callable[[LoraSlot], Awaitable[Any]]) -> LoraSlot:
+        """Add `name` and have the engine load it with `add(slot)`; on failure forget it again.
+
+        `add` follows `AsyncLLM.add_lora`: it returns False when the engine core did not add the
+        adapter and raises when loading fails.
+
+        Raises:
+            RuntimeError: the load failed (the message says why); `name` is not registered afterwards.
+        """
+        if name in self:
+            return self.get(name)
+        slot = self.add(name, path)
+        try:
+            added = await add(slot)
+            problem = None if added is not False else "vLLM did not add it"
+        except Exception as error:  # noqa: BLE001 - vLLM raises ValueError, RuntimeError or its own types
+            problem = f"{type(error).__name__}: {error}"
+        if problem is not None:
+            self.remove(name)
+            raise RuntimeError(problem)
         return slot
 
     def get(self, name: str) -> LoraSlot:
@@ -136,7 +184,8 @@ class VllmEngine(HFTokenizerMixin):
         engine_kwargs: More `AsyncEngineArgs` fields, passed as is.
 
     Raises:
-        MissingExtraError: vLLM is not installed (`pip install 'llmops[gpu]'`).
+        ValueError: `max_lora_rank` is not a value vLLM accepts (see `check_max_lora_rank`).
+        MissingExtraError: vLLM is not installed (`pip install 'llmops[vllm]'`).
     """
 
     def __init__(self, source: str, revision: Optional[str] = None, dtype: str = "auto", max_loras: int = 8,
@@ -144,7 +193,7 @@ class VllmEngine(HFTokenizerMixin):
                  engine_kwargs: Optional[dict[str, Any]] = None):
         self.source = source
         self.revision = revision
-        self.options = dict(dtype=dtype, enable_lora=True, max_loras=max_loras, max_lora_rank=max_lora_rank,
+        self.options = dict(dtype=dtype, enable_lora=True, max_loras=max_loras, max_lora_rank=check_max_lora_rank(max_lora_rank),
                             gpu_memory_utilization=gpu_memory_utilization, **(engine_kwargs or {}))
         if max_model_len:
             self.options["max_model_len"] = max_model_len
@@ -165,7 +214,7 @@ class VllmEngine(HFTokenizerMixin):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.source, revision=self.revision)
-        args = AsyncEngineArgs(model=self.source, revision=self.revision, tokenizer=self.source, **self.options)
+        args = AsyncEngineArgs(**engine_args(self.source, self.revision, self.options))
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_context = int(self._engine.model_config.max_model_len)
         generation = getattr(self._engine.model_config, "get_diff_sampling_param", lambda: {})()
@@ -226,13 +275,21 @@ class VllmEngine(HFTokenizerMixin):
         raise GatewayError(400, "embeddings are not supported by the vllm engine", param="model")
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        """Register a LoRA adapter; vLLM loads it on the first request that names it."""
+        """Load a LoRA adapter into vLLM under `name` (no-op when loaded).
+
+        Raises:
+            GatewayError: 502 `adapter_load_failed` when vLLM refuses or fails to load it; the adapter
+                is then not registered, so the next request for it tries again.
+        """
         from vllm.lora.request import LoRARequest
 
-        if name in self.loras:
-            return
-        slot = self.loras.add(name, path)
-        await self._engine.add_lora(LoRARequest(slot.name, slot.int_id, slot.path))
+        from llmops.gateway.errors import GatewayError
+
+        try:
+            await self.loras.load(name, path, lambda slot: self._engine.add_lora(LoRARequest(slot.name, slot.int_id, slot.path)))
+        except RuntimeError as error:
+            raise GatewayError(502, f"adapter {name} from {path} failed to load in vLLM ({error})",
+                               code="adapter_load_failed") from None
 
     def stats(self) -> dict[str, int]:
         """Counts: running requests, adapters registered, aborted requests."""
