@@ -84,9 +84,23 @@ def _try_lock(client: Any, lock: str) -> bool:
         since = float((held.tags or {}).get("llmops.lock_time", "0"))
     except MlflowException:
         return False  # released between the two calls: try again
-    if time.time() - since > LOCK_TTL_S:
+    if time.time() - since > LOCK_TTL_S or _holder_is_dead((held.tags or {}).get("llmops.lock_owner", "")):
         _log.warning("breaking the stale alias lock %s (held by %s)", lock, (held.tags or {}).get("llmops.lock_owner"))
         _unlock(client, lock)
+    return False
+
+
+def _holder_is_dead(owner: str) -> bool:
+    """True when the lock's owner was a process on this host that no longer runs (killed)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
     return False
 
 
@@ -125,7 +139,7 @@ def _finish(ops: AliasOps, name: str, pending_key: str, event_value: str) -> Non
     _, event_key = _event_key(pending_key)
     if event_key not in ops.get_tags(name):
         retry_locked(ops.set_tag)(name, event_key, event_value)
-    retry_locked(ops.delete_tag)(name, pending_key)
+    _delete_tag(ops, name, pending_key)
 
 
 def _pending_for(tags: Mapping[str, str], alias: str) -> list[str]:
@@ -135,37 +149,39 @@ def _pending_for(tags: Mapping[str, str], alias: str) -> list[str]:
 def repair(client: Any, ops: AliasOps, name: str, tags: Mapping[str, str]) -> list[str]:
     """Complete or undo alias moves that a killed process left half done; returns what was reported.
 
-    Runs on every alias read; costs nothing when no intent tag exists.
+    Runs on every read of an entry that carries an intent tag, without the lock: every step is
+    idempotent (the event tag key is fixed by the intent), so a repair racing the live transaction
+    that wrote the intent ends in the same state as either alone.
     """
     problems: list[str] = []
     for key in [k for k in tags if k.startswith(PENDING_PREFIX)]:
         alias, _ = _event_key(key)
-        lock = _acquire(client, name, alias, wait_s=0.0)
-        if lock is None:
-            continue  # a live transaction holds it and will finish its own intent
         try:
-            current_tags = ops.get_tags(name)
-            if key not in current_tags:
-                continue
-            event = json.loads(current_tags[key])
+            event = json.loads(tags[key])
             now = ops.get_alias(name, alias)
             if now == event["to_version"]:
-                _finish(ops, name, key, current_tags[key])
+                _finish(ops, name, key, tags[key])
                 _log.warning("%s %s@%s: recorded the alias move -> %s that an interrupted process left "
                              "unrecorded", ops.kind, name, alias, now)
             elif now == event["from_version"]:
-                retry_locked(ops.delete_tag)(name, key)
+                _delete_tag(ops, name, key)
                 _log.warning("%s %s@%s: dropped an interrupted alias move that never happened", ops.kind, name, alias)
             else:
                 problems.append(f"{ops.kind} {name}@{alias} points at {now}, but an interrupted move "
                                 f"{event['from_version']} -> {event['to_version']} is pending (tag {key})")
         except (ValueError, KeyError, TypeError):
             problems.append(f"{ops.kind} {name}: unreadable tag {key}; delete it by hand")
-        finally:
-            _unlock(client, lock)
     for problem in problems:
         _log.error(problem)
     return problems
+
+
+def _delete_tag(ops: AliasOps, name: str, key: str) -> None:
+    try:
+        retry_locked(ops.delete_tag)(name, key)
+    except Exception as error:  # a concurrent repair (or the transaction itself) deleted it first
+        if key in ops.get_tags(name):
+            raise error
 
 
 def _maybe_crash_for_test() -> None:
@@ -203,12 +219,9 @@ def move_alias(
     try:
         tags = ops.get_tags(name)
         if _pending_for(tags, alias):
-            _unlock(client, lock)
-            lock = None
-            repair(client, ops, name, tags)
-            lock = _acquire(client, name, alias, LOCK_WAIT_S)
-            if lock is None:
-                raise RegistryError(f"{ops.kind} {name}@{alias} is locked by another process; try again")
+            problems = repair(client, ops, name, {k: tags[k] for k in _pending_for(tags, alias)})
+            if problems:
+                raise RegistryError(problems[0])
         previous = ops.get_alias(name, alias)
         if expected is not ... and previous != expected:
             was = "no version" if expected is None else f"version {expected}"

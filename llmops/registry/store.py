@@ -76,9 +76,11 @@ def ui_command(uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     if _is_server(uri):
         return f"open {uri.rstrip('/')} in a browser (the tracking server serves the UI)"
-    artifacts = artifact_root()
-    extra = f" --default-artifact-root {artifacts}" if artifacts else ""
-    return f"mlflow ui --backend-store-uri {uri}{extra}"
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    # Hide a password: the user has it in MLFLOW_TRACKING_URI already.
+    shown = re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", uri)
+    return f"mlflow ui --backend-store-uri {shown} --default-artifact-root {artifact_root()}"
 
 
 @functools.lru_cache(maxsize=8)
