@@ -252,6 +252,18 @@ def resolve_model_ref(ref: str | Ref) -> ModelVersion:
     return _to_model_version(mv, holding)
 
 
+def _check_not_a_prompt(client: Any, name: str) -> None:
+    """Refuse a model name that a prompt holds before anything (a run, artifacts) is written."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        prompt = client.get_prompt(name)
+    except MlflowException:
+        return
+    if prompt is not None:
+        raise RegistryError(f"{name!r} is already the name of a prompt; models and prompts share names")
+
+
 def _ensure_registered_model(client: Any, name: str, description: str | None) -> bool:
     """Create the registered model if needed; True when it was created by this call."""
     from mlflow.exceptions import MlflowException
@@ -318,6 +330,7 @@ def register_base_model(
                 "llmops_version": tags[TAG_VERSION],
                 "files": _file_list(path) if path.exists() else []}
     client = configure()
+    _check_not_a_prompt(client, name)
     run_id = retry_locked(client.create_run)(
         ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-base-{name}", tags={TAG_KIND: KIND_BASE}).info.run_id
     try:
@@ -371,6 +384,7 @@ def register_adapter(
         **_common_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
+    _check_not_a_prompt(client, name)
     own_run = run_id is None
     if own_run:
         run_id = retry_locked(client.create_run)(ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{name}").info.run_id

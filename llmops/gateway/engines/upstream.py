@@ -243,10 +243,13 @@ class ReplicaPool:
         """Make `name` (`NAME/VERSION`) loadable on `replica`, once per replica.
 
         vLLM's `/v1/load_lora_adapter` takes only a path the replica can read. An adapter in a remote
-        artifact store (`mlflow-artifacts:/…`, `s3://…`) is left to the replica's llmops LoRA resolver
-        (`llmops.registry.vllm_resolver`), which vLLM asks on the first request naming it. A local or
-        shared path is loaded here, and the answer read as vLLM defines it
-        (vllm/entrypoints/openai/models/serving.py, vllm/entrypoints/serve/lora/api_router.py):
+        artifact store (`mlflow-artifacts:/…`, `s3://…`) is resolved by the replica's llmops LoRA
+        resolver (`llmops.registry.vllm_resolver`), which vLLM asks when a request names a model it does
+        not know; a one-token completion triggers it here, so that the outcome is read once, as vLLM's
+        `resolve_lora` defines it: 200 (or any answer past the model check) loaded; 404 `NotFoundError`
+        no resolver found it; 400 `… was found but could not be loaded.`; both 502 `adapter_load_failed`.
+        A local or shared path is loaded through `/v1/load_lora_adapter`, and the answer read as vLLM
+        defines it (vllm/entrypoints/openai/models/serving.py, vllm/entrypoints/serve/lora/api_router.py):
 
         - 200 `Success: …`: loaded; 400 `… has already been loaded …`: loaded too, not an error;
         - 404 with vLLM's error body (`NotFoundError`, `No adapter found for …`): the replica cannot
@@ -262,7 +265,7 @@ class ReplicaPool:
             if name in replica.adapters:
                 return
             if "://" in path and not path.startswith("file://") or path.startswith("mlflow-artifacts:"):
-                _log.info("adapter %s lives in %s; %s resolves it (llmops vLLM resolver)", name, path, replica.url)
+                await self._resolve_on_replica(replica, name, path)
                 replica.adapters.add(name)
                 return
             payload = json.dumps({"lora_name": name, "lora_path": path.removeprefix("file://")}).encode()
@@ -288,6 +291,24 @@ class ReplicaPool:
                                    "artifact store and the llmops vLLM resolver)", code="adapter_load_failed")
             raise GatewayError(502, f"upstream {replica.url} could not load adapter {name} ({status}): {message}",
                                code="adapter_load_failed")
+
+    async def _resolve_on_replica(self, replica: Replica, name: str, path: str) -> None:
+        """Have the replica's LoRA resolvers load `name` (see `_load_adapter`); raise on failure."""
+        payload = json.dumps({"model": name, "prompt": "hi", "max_tokens": 1}).encode()
+        response = await self._client.request("POST", replica.url, "/v1/completions", payload,
+                                              self._headers, self.config.timeout)
+        text = (await response.read(self.config.timeout)).decode("utf-8", "replace")
+        response.release()
+        error = _vllm_error(text) or {}
+        message = error.get("message") or text[:300]
+        if response.status == 404 and error.get("type") == "NotFoundError":
+            raise GatewayError(502, f"upstream {replica.url} cannot resolve adapter {name} (files in {path}): {message} "
+                               "(run the replica with llmops installed, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and "
+                               "MLFLOW_TRACKING_URI; see README \"Team set-up\")", code="adapter_load_failed")
+        if response.status >= 500 or (response.status == 400 and "could not be loaded" in message):
+            raise GatewayError(502, f"upstream {replica.url} could not load adapter {name} ({response.status}): "
+                               f"{message}", code="adapter_load_failed")
+        _log.info("adapter %s resolved on %s from %s", name, replica.url, path)
 
     # ---------------------------------------------------------------------------------- health
 
