@@ -75,7 +75,7 @@ def ui_command(uri: str | None = None) -> str:
     """The command that shows this store's runs, models, prompts and traces in MLflow's UI."""
     uri = uri or tracking_uri()
     if _is_server(uri):
-        return f"open {uri.rstrip('/')} in a browser (the tracking server serves the UI)"
+        return f"open {re.sub(r'//[^@/]*@', '//', uri).rstrip('/')} in a browser (the tracking server serves the UI)"
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri}"
     # Hide a password: the user has it in MLFLOW_TRACKING_URI already.
