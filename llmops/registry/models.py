@@ -336,11 +336,26 @@ def register_base_model(
     try:
         retry_locked(client.log_dict)(run_id, manifest, "base/manifest.json")
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/base"
-        retry_locked(client.set_terminated)(run_id)
+        _end_quietly(client, run_id)
         return _create_version(name, source, tags, description, run_id=run_id)
     except BaseException:
         retry_locked(client.delete_run)(run_id)  # no orphan run left behind a failed registration
         raise
+
+
+def _end_quietly(client: Any, run_id: str) -> None:
+    """End a registry bookkeeping run without MLflow's "View run at <url>" line on stdout."""
+    import os
+
+    before = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        retry_locked(client.set_terminated)(run_id)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = before
 
 
 def _file_list(folder: Path) -> list[dict[str, Any]]:
@@ -393,7 +408,7 @@ def register_adapter(
         retry_locked(client.log_artifacts)(run_id, str(adapter_dir), artifact_path)
         source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
         if own_run:
-            retry_locked(client.set_terminated)(run_id)
+            _end_quietly(client, run_id)
         all_tags[TAG_SOURCE] = source
         version = _create_version(name, source, all_tags, description, run_id=run_id)
     except BaseException:
