@@ -40,6 +40,10 @@ class QuickstartSummary:
     answers: list[tuple[str, str]] = field(default_factory=list)
     drift: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, Path] = field(default_factory=dict)
+    store: str = ""
+    """The registry in use (`MLFLOW_TRACKING_URI`, else the SQLite file in `workdir`), for the summary."""
+    ui: str = ""
+    """The command that browses that store in MLflow's UI."""
 
 
 def _package_data(name: str) -> Path:
@@ -147,7 +151,9 @@ def run_quickstart(workdir: str | Path, step: Callable[[str], Any]) -> Quickstar
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)  # the embedded store (mlflow.db, mlartifacts/) lives in the working directory
-    summary = QuickstartSummary(workdir)
+    from llmops.registry.store import describe_store, ui_command
+
+    summary = QuickstartSummary(workdir, store=describe_store(), ui=ui_command())
     finetune_config, suite_path = _write_configs(workdir)
 
     with step("tiny base model"):

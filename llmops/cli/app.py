@@ -34,6 +34,20 @@ class _LlmopsGroup(typer.core.TyperGroup):
             message = str(error).strip() or type(error).__name__
             click.echo(f"error: {message}", err=True)
             ctx.exit(1)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as error:
+            # A store failure outside llmops' own checks (MLflow's REST errors, a database that went
+            # away mid-command) is one line naming the store, like every other error.
+            from llmops.registry.store import store_error_message
+
+            message = store_error_message(error)
+            if message is None or state.debug:
+                raise
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)

@@ -79,6 +79,8 @@ def promote(
         console.print(f"{name}@{to} -> {version}{forced}")
     else:
         console.print(f"{name}@{to} unchanged")
+    if outcome.conflict:
+        typer.echo(f"error: {outcome.conflict}", err=True)
     raise typer.Exit(outcome.exit_code)
 
 

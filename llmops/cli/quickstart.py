@@ -58,7 +58,8 @@ def _print_summary(summary, seconds: float) -> None:
         console.print(f"  Q: {question}\n  A: {answer}", markup=False)
     for name, path in summary.reports.items():
         console.print(f"{name} report: {path}")
-    console.print(f"browse runs, traces and the registry: mlflow ui --backend-store-uri sqlite:///{summary.workdir / 'mlflow.db'}")
+    console.print(f"registry: {summary.store}", markup=False)
+    console.print(f"browse runs, traces and the registry: {summary.ui}", markup=False)
 
 
 def register(root_app: typer.Typer) -> None:

@@ -1,4 +1,9 @@
-"""Promotion: evaluate candidate and baseline on one suite, apply the gate, move the alias on `pass`."""
+"""Promotion: evaluate candidate and baseline on one suite, apply the gate, move the alias on `pass`.
+
+The move is a compare-and-swap: the alias moves only if it still points at the baseline the gate
+compared against (`registry.aliases.move_alias`). An evaluation takes minutes, and another promotion
+may move the alias meanwhile; then nothing moves, and `promote` exits 2 naming the new holder.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +32,14 @@ class Promotion:
     candidate: EvalResult
     baseline: Optional[EvalResult]
     run_ids: dict[str, str]
+    conflict: Optional[str] = None
+    """Why a passing move did not happen: the alias moved to another version during the evaluation."""
 
     @property
     def exit_code(self) -> int:
-        """0 pass (or forced), 1 fail, 2 investigate."""
+        """0 pass (or forced), 1 fail, 2 investigate or the alias moved meanwhile (`conflict`)."""
+        if self.conflict:
+            return 2
         return 0 if self.moved else EXIT_CODES[self.verdict.verdict]
 
 
@@ -69,6 +78,7 @@ def promote(
         LlmopsError: bad arguments, an unknown model or version, a suite without a gate block.
     """
     from llmops.registry import resolve_model_ref, set_model_alias
+    from llmops.registry.aliases import AliasConflictError
     from llmops.registry.refs import check_alias
 
     check_alias(alias)
@@ -106,5 +116,10 @@ def promote(
             "baseline": holder.ref if holder else None, "eval_runs": run_ids, "forced": force,
         }
         why = reason or f"gate {verdict.verdict} on {suite.name} v{suite.version}"
-        set_model_alias(name, alias, version, reason=why, evidence=evidence)
+        try:
+            set_model_alias(name, alias, version, reason=why, evidence=evidence,
+                            expected=holder.version if holder else None)
+        except AliasConflictError as error:
+            return Promotion(name, int(version), alias, verdict, False, force, candidate, baseline, run_ids,
+                             conflict=str(error))
     return Promotion(name, int(version), alias, verdict, moved, force, candidate, baseline, run_ids)

@@ -4,6 +4,7 @@ This package is the only place in llmops that talks to MLflow's registry. Everyt
 the thin API below.
 """
 
+from llmops.registry.aliases import AliasConflictError
 from llmops.registry.events import AliasEvent
 from llmops.registry.models import (
     ModelVersion,
@@ -30,6 +31,7 @@ from llmops.registry.prompts import (
 from llmops.registry.refs import Ref, parse_ref
 
 __all__ = [
+    "AliasConflictError",
     "AliasEvent",
     "ModelVersion",
     "Prompt",

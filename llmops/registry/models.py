@@ -1,9 +1,13 @@
 """The model registry: base models and LoRA adapters as versions of registered models in MLflow.
 
 A base-model version references its weights (a local folder or a hub id + revision), never copies
-them. An adapter version stores the adapter files as artifacts of an MLflow run and carries lineage
-tags (base ref and digest, dataset, config, prompt, git commit, llmops version). Every alias move is
-also recorded as an event (see `events.py`).
+them: it is registered from a run in the `llmops-registry` experiment whose only artifact is
+`base/manifest.json` (source, revision, digest and file list of the weights). A tracking server
+accepts a version only from a run's artifacts, so this works on every store, and the weights stay
+where they are. An adapter (or merged model) version stores its files as artifacts of an MLflow run
+and carries lineage tags (base ref and digest, dataset, config, prompt, git commit, llmops version);
+engines and fine-tunes read them through the local artifact cache (`artifact_cache.py`). Every alias
+move is a compare-and-swap transaction recorded as an event (see `aliases.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from llmops.errors import NotFoundError, RegistryError
+from llmops.registry import aliases as _aliases
 from llmops.registry import events as _events
 from llmops.registry.digest import tree_digest
 from llmops.registry.refs import Ref, check_alias, check_name, parse_ref
@@ -79,11 +84,17 @@ class ModelVersion:
         return self.tags.get(TAG_DIGEST)
 
     def local_path(self) -> Path:
-        """A local folder holding this version's files (downloading artifacts from a remote store).
+        """A local folder holding this version's files.
+
+        A base is its referenced folder. Adapter and merged files on a local or shared file system
+        (SQLite store, a tracking server's shared artifact root) are read where they are; from a remote
+        artifact store (`mlflow-artifacts:/…`, `s3://…`) they are downloaded once per machine into the
+        digest-keyed artifact cache (`artifact_cache.py`), which every engine and fine-tune shares.
 
         Raises:
             RegistryError: the version is a base referenced by hub id (llmops never downloads
-                weights itself; load it through transformers with its revision), or its folder is gone.
+                weights itself; load it through transformers with its revision), its folder is gone,
+                or downloaded files do not match the registered digest.
         """
         if self.kind == KIND_BASE and not _is_local_source(self.source):
             raise RegistryError(
@@ -93,11 +104,15 @@ class ModelVersion:
         if self.source.startswith("file://") or _is_local_source(self.source):
             path = Path(self.source.removeprefix("file://"))
             if not path.exists():
-                raise RegistryError(f"{self.ref}: its files at {path} no longer exist")
+                hint = " (a base is referenced, not copied: put its files at that path on this machine)" \
+                    if self.kind == KIND_BASE else ""
+                raise RegistryError(f"{self.ref}: its files at {path} do not exist on this machine{hint}")
             return path
-        import mlflow
+        from llmops.registry.artifact_cache import cached_artifact
 
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=self.source))
+        if not (self.digest or "").startswith("sha256:"):
+            raise RegistryError(f"{self.ref} has no content digest (tag {TAG_DIGEST}); re-register it")
+        return cached_artifact(self.name, self.version, self.digest, lambda folder: _download(self.source, folder))
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,26 @@ class RegisteredModelSummary:
 
 def _is_local_source(source: str) -> bool:
     return source.startswith(("/", "file://")) or Path(source).exists()
+
+
+def _download(source: str, folder: Path) -> None:
+    """Download the artifact folder `source` so that its files are directly inside `folder`."""
+    import mlflow
+
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(folder)))
+    if got.resolve() == folder.resolve():
+        return
+    staged = got.rename(folder / ".llmops-download")
+    for child in staged.iterdir():
+        child.rename(folder / child.name)
+    staged.rmdir()
+
+
+def _is_internal(model: Any) -> bool:
+    """Prompts (same name space in MLflow) and llmops' alias locks are not models."""
+    tags = model.tags or {}
+    return tags.get("mlflow.prompt.is_prompt") == "true" or tags.get("llmops.type") == "lock" \
+        or model.name.startswith(_aliases.LOCK_PREFIX)
 
 
 def _to_model_version(mv: Any, aliases: tuple[str, ...] | None = None) -> ModelVersion:
@@ -143,14 +178,28 @@ def _registered_model(client: Any, name: str):
         if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
             return None
         raise
-    if (model.tags or {}).get("mlflow.prompt.is_prompt") == "true":
+    if _is_internal(model):
         return None
+    if any(k.startswith(_aliases.PENDING_PREFIX) for k in (model.tags or {})):
+        _aliases.repair(client, _model_ops(client), name, model.tags or {})
+        model = client.get_registered_model(name)
     return model
 
 
+def _model_ops(client: Any) -> _aliases.AliasOps:
+    return _aliases.AliasOps(
+        kind="model",
+        get_tags=lambda name: client.get_registered_model(name).tags or {},
+        set_tag=client.set_registered_model_tag,
+        delete_tag=client.delete_registered_model_tag,
+        get_alias=lambda name, alias: _aliases_of(client.get_registered_model(name)).get(alias),
+        set_alias=lambda name, alias, version: client.set_registered_model_alias(name, alias, str(version)),
+        delete_alias=client.delete_registered_model_alias,
+    )
+
+
 def _model_names(client: Any) -> list[str]:
-    return [m.name for m in client.search_registered_models(max_results=1000)
-            if (m.tags or {}).get("mlflow.prompt.is_prompt") != "true"]
+    return [m.name for m in client.search_registered_models(max_results=1000) if not _is_internal(m)]
 
 
 def _missing_model(client: Any, name: str) -> NotFoundError:
@@ -201,6 +250,18 @@ def resolve_model_ref(ref: str | Ref) -> ModelVersion:
         raise NotFoundError(f"{parsed}: {error.message}") from None
     holding = tuple(a for a, v in aliases.items() if v == number)
     return _to_model_version(mv, holding)
+
+
+def _check_not_a_prompt(client: Any, name: str) -> None:
+    """Refuse a model name that a prompt holds before anything (a run, artifacts) is written."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        prompt = client.get_prompt(name)
+    except MlflowException:
+        return
+    if prompt is not None:
+        raise RegistryError(f"{name!r} is already the name of a prompt; models and prompts share names")
 
 
 def _ensure_registered_model(client: Any, name: str, description: str | None) -> bool:
@@ -264,7 +325,42 @@ def register_base_model(
         raise RegistryError(f"{text!r} does not exist as a local folder and is not a hub id (org/name)")
     if revision:
         tags[TAG_REVISION] = revision
-    return _create_version(name, resolved, {**tags, **_common_tags()}, description)
+    tags.update(_common_tags())
+    manifest = {"kind": KIND_BASE, "source": resolved, "revision": revision, "digest": tags[TAG_DIGEST],
+                "llmops_version": tags[TAG_VERSION],
+                "files": _file_list(path) if path.exists() else []}
+    client = configure()
+    _check_not_a_prompt(client, name)
+    run_id = retry_locked(client.create_run)(
+        ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-base-{name}", tags={TAG_KIND: KIND_BASE}).info.run_id
+    try:
+        retry_locked(client.log_dict)(run_id, manifest, "base/manifest.json")
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/base"
+        _end_quietly(client, run_id)
+        return _create_version(name, source, tags, description, run_id=run_id)
+    except BaseException:
+        retry_locked(client.delete_run)(run_id)  # no orphan run left behind a failed registration
+        raise
+
+
+def _end_quietly(client: Any, run_id: str) -> None:
+    """End a registry bookkeeping run without MLflow's "View run at <url>" line on stdout."""
+    import os
+
+    before = os.environ.get("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT")
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    try:
+        retry_locked(client.set_terminated)(run_id)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)
+        else:
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = before
+
+
+def _file_list(folder: Path) -> list[dict[str, Any]]:
+    return [{"path": str(f.relative_to(folder)), "bytes": f.stat().st_size}
+            for f in sorted(folder.rglob("*")) if f.is_file()]
 
 
 def register_adapter(
@@ -303,16 +399,22 @@ def register_adapter(
         **_common_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
+    _check_not_a_prompt(client, name)
     own_run = run_id is None
     if own_run:
         run_id = retry_locked(client.create_run)(ensure_experiment(REGISTRY_EXPERIMENT), run_name=f"register-{name}").info.run_id
     artifact_path = "adapter" if kind == KIND_ADAPTER else "model"
-    retry_locked(client.log_artifacts)(run_id, str(adapter_dir), artifact_path)
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
-    if own_run:
-        retry_locked(client.set_terminated)(run_id)
-    all_tags[TAG_SOURCE] = source
-    version = _create_version(name, source, all_tags, description, run_id=run_id)
+    try:
+        retry_locked(client.log_artifacts)(run_id, str(adapter_dir), artifact_path)
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+        if own_run:
+            _end_quietly(client, run_id)
+        all_tags[TAG_SOURCE] = source
+        version = _create_version(name, source, all_tags, description, run_id=run_id)
+    except BaseException:
+        if own_run:
+            retry_locked(client.delete_run)(run_id)
+        raise
     if alias is not None:
         try:
             set_model_alias(name, alias, version.version, reason=reason or "registered")
@@ -329,11 +431,16 @@ def set_model_alias(
     version: int | str,
     reason: str | None = None,
     evidence: Mapping[str, Any] | None = None,
+    expected: Any = ...,
 ) -> _events.AliasEvent:
-    """Point `alias` at `version` of model `name` (atomically) and record the move as an event.
+    """Point `alias` at `version` of model `name` and record the move, as one transaction.
+
+    Args:
+        expected: compare-and-swap: the version (None: no holder) the alias must still point at.
 
     Raises:
         NotFoundError: the model or version does not exist (nothing is changed).
+        AliasConflictError: the alias no longer points at `expected` (nothing is changed).
         RegistryError: the alias is invalid.
     """
     check_alias(alias)
@@ -343,19 +450,7 @@ def set_model_alias(
         raise RegistryError(f"version must be an integer, got {version!r}") from None
     target = resolve_model_ref(Ref(check_name(name, "model name"), version=number))
     client = configure()
-    previous = _aliases_of(client.get_registered_model(name)).get(alias)
-    event = _events.new_event(name, alias, previous, target.version, reason, evidence)
-    retry_locked(client.set_registered_model_alias)(name, alias, str(target.version))
-    try:
-        retry_locked(client.set_registered_model_tag)(name, *_events.event_tag(event))
-    except BaseException:
-        # No move without its record: put the alias back where it was.
-        if previous is None:
-            retry_locked(client.delete_registered_model_alias)(name, alias)
-        else:
-            retry_locked(client.set_registered_model_alias)(name, alias, str(previous))
-        raise
-    return event
+    return _aliases.move_alias(client, _model_ops(client), name, alias, target.version, reason, evidence, expected)
 
 
 def tag_model_version(ref: str, tags: Mapping[str, Any]) -> ModelVersion:
@@ -389,7 +484,7 @@ def search_models(pattern: str | None = None) -> list[RegisteredModelSummary]:
     client = configure()
     summaries = []
     for model in client.search_registered_models(max_results=1000, order_by=["name ASC"]):
-        if (model.tags or {}).get("mlflow.prompt.is_prompt") == "true":
+        if _is_internal(model):
             continue
         if pattern and pattern not in model.name:
             continue

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Union
 
 from llmops.errors import NotFoundError, PromptRenderError, RegistryError
+from llmops.registry import aliases as _aliases
 from llmops.registry import events as _events
 from llmops.registry.refs import Ref, check_alias, check_name, parse_ref
 from llmops.registry.store import configure, retry_locked
@@ -200,11 +201,15 @@ def _missing_prompt(client: Any, name: str) -> NotFoundError:
 
 def _prompt_entity(client: Any, name: str):
     try:
-        return client.get_prompt(name)
+        entity = client.get_prompt(name)
     except Exception as error:
         if _is_missing(error):
             return None
         raise
+    if entity is not None and any(k.startswith(_aliases.PENDING_PREFIX) for k in (entity.tags or {})):
+        _aliases.repair(client, _prompt_ops(client), name, entity.tags or {})
+        entity = client.get_prompt(name)
+    return entity
 
 
 def get_prompt(ref: str | Ref) -> Prompt:
@@ -278,11 +283,34 @@ def register_prompt(
     return get_prompt(Ref(name, version=int(pv.version)))
 
 
-def set_prompt_alias(name: str, alias: str, version: int | str, reason: str | None = None) -> _events.AliasEvent:
-    """Point `alias` at `version` of prompt `name` and record the move.
+def _prompt_ops(client: Any) -> _aliases.AliasOps:
+    def get_alias(name: str, alias: str) -> int | None:
+        try:
+            return int(client.get_prompt_version_by_alias(name, alias).version)
+        except Exception as error:
+            if _is_missing(error) or isinstance(error, ValueError):
+                return None
+            raise
+
+    return _aliases.AliasOps(
+        kind="prompt",
+        get_tags=lambda name: client.get_prompt(name).tags or {},
+        set_tag=client.set_prompt_tag,
+        delete_tag=client.delete_prompt_tag,
+        get_alias=get_alias,
+        set_alias=client.set_prompt_alias,
+        delete_alias=client.delete_prompt_alias,
+    )
+
+
+def set_prompt_alias(name: str, alias: str, version: int | str, reason: str | None = None,
+                     expected: Any = ...) -> _events.AliasEvent:
+    """Point `alias` at `version` of prompt `name` and record the move, as one transaction
+    (compare-and-swap against `expected` when given; see `aliases.move_alias`).
 
     Raises:
         NotFoundError: no such prompt or version (nothing is changed).
+        AliasConflictError: the alias no longer points at `expected` (nothing is changed).
     """
     check_alias(alias)
     try:
@@ -291,21 +319,7 @@ def set_prompt_alias(name: str, alias: str, version: int | str, reason: str | No
         raise RegistryError(f"version must be an integer, got {version!r}") from None
     target = get_prompt(Ref(check_name(name, "prompt name"), version=number))
     client = configure()
-    try:
-        previous: int | None = int(client.get_prompt_version_by_alias(name, alias).version)
-    except Exception:
-        previous = None
-    event = _events.new_event(name, alias, previous, target.version, reason)
-    retry_locked(client.set_prompt_alias)(name, alias, target.version)
-    try:
-        retry_locked(client.set_prompt_tag)(name, *_events.event_tag(event))
-    except BaseException:
-        if previous is None:
-            retry_locked(client.delete_prompt_alias)(name, alias)
-        else:
-            retry_locked(client.set_prompt_alias)(name, alias, previous)
-        raise
-    return event
+    return _aliases.move_alias(client, _prompt_ops(client), name, alias, target.version, reason, expected=expected)
 
 
 def prompt_alias_history(name: str) -> list[_events.AliasEvent]:

@@ -62,3 +62,23 @@ def test_sigint_during_the_finetune_leaves_no_alias_on_an_unfinished_version(tmp
     assert process.returncode != 0
     assert aliases(workdir) == {}  # nothing was registered, so no alias points anywhere
     assert "promoted to quickstart@production" in finish(quickstart(workdir))
+
+
+@pytest.mark.slow
+def test_quickstart_on_a_tracking_server_names_its_ui(tmp_path):
+    """`MLFLOW_TRACKING_URI=http://…`: the base registers from a manifest run, the adapter goes through the
+    proxied artifact store, and the summary points at the server, not at a local SQLite file."""
+    from tests.services import mlflow_server
+
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server", artifacts="proxied") as server:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONUNBUFFERED": "1",
+               "MLFLOW_TRACKING_URI": server.url, "LLMOPS_CACHE_DIR": str(tmp_path / "cache")}
+        process = subprocess.run([sys.executable, "-m", "llmops", "quickstart", "--workdir", str(tmp_path / "qs")],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        out = process.stdout
+        assert process.returncode == 0, out
+        assert "gate         pass; promoted to quickstart@production" in out
+        assert f"registry: the MLflow tracking server at {server.url}" in out
+        assert f"browse runs, traces and the registry: open {server.url} in a browser" in out
+        assert "sqlite" not in out and not (tmp_path / "qs" / "mlflow.db").exists()
+        assert any((tmp_path / "cache" / "quickstart").iterdir()), "the adapter came through the artifact cache"

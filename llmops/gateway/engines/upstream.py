@@ -12,10 +12,11 @@ through byte for byte (`llmops.gateway.proxy`). This module holds the fleet:
 - a replica that fails a request or a health check (`GET /health`) is taken out of rotation and put
   back when its health check passes again (its loaded adapters are then forgotten: a restarted vLLM
   has none);
-- adapters are loaded on first use per replica through vLLM's `POST /v1/load_lora_adapter`
-  (`lora_name` = `NAME/VERSION`, `lora_path` = the adapter's artifact location), once per version.
-  Launch vLLM with `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and the base model served under its
-  registry ref (`--served-model-name tiny/1`), or map it with `served_model_names`.
+- adapters reach replicas by ref (`NAME/VERSION`), once per replica: files on a shared path through
+  vLLM's `POST /v1/load_lora_adapter`, files in a remote artifact store through the llmops LoRA
+  resolver plugin that the replica runs (`_load_adapter`). Launch vLLM with
+  `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` and the base model served under its registry ref
+  (`--served-model-name tiny/1`), or map it with `served_model_names`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ from llmops.gateway.errors import GatewayError
 __all__ = ["UpstreamConfig", "Replica", "ReplicaPool", "UpstreamReply"]
 
 _log = logging.getLogger(__name__)
+
+
+def _vllm_error(text: str) -> Optional[dict]:
+    """vLLM's error body, `{"error": {"message", "type", "code"}}` (older: the same keys at the top
+    level, `"object": "error"`); None for anything else, such as FastAPI's `{"detail": "Not Found"}`."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("error"), dict) and "type" in body["error"]:
+        return body["error"]
+    if body.get("object") == "error" and "type" in body:
+        return body
+    return None
 
 
 class UpstreamConfig(ConfigModel):
@@ -242,26 +259,75 @@ class ReplicaPool:
             reply.response.release()
 
     async def _load_adapter(self, replica: Replica, name: str, path: str) -> None:
+        """Make `name` (`NAME/VERSION`) loadable on `replica`, once per replica.
+
+        vLLM's `/v1/load_lora_adapter` takes only a path the replica can read. An adapter in a remote
+        artifact store (`mlflow-artifacts:/…`, `s3://…`) is resolved by the replica's llmops LoRA
+        resolver (`llmops.registry.vllm_resolver`), which vLLM asks when a request names a model it does
+        not know; a one-token completion triggers it here, so that the outcome is read once, as vLLM's
+        `resolve_lora` defines it: 200 (or any answer past the model check) loaded; 404 `NotFoundError`
+        no resolver found it; 400 `… was found but could not be loaded.`; both 502 `adapter_load_failed`.
+        A local or shared path is loaded through `/v1/load_lora_adapter`, and the answer read as vLLM
+        defines it (vllm/entrypoints/openai/models/serving.py, vllm/entrypoints/serve/lora/api_router.py):
+
+        - 200 `Success: …`: loaded; 400 `… has already been loaded …`: loaded too, not an error;
+        - 404 with vLLM's error body (`NotFoundError`, `No adapter found for …`): the replica cannot
+          read the files: 502 `adapter_load_failed` naming the path;
+        - 404 without it (FastAPI's `{"detail":"Not Found"}`): the route is missing (runtime loading
+          off): the request goes as is, for adapters given by `--lora-modules` or a resolver;
+        - any other answer (a 500 from a failed load): 502 `adapter_load_failed`.
+
+        A failed load is the adapter's fault, not the replica's: it stays in rotation.
+        """
         lock = replica.locks.setdefault(name, asyncio.Lock())
         async with lock:
             if name in replica.adapters:
                 return
-            payload = json.dumps({"lora_name": name, "lora_path": path}).encode()
+            if "://" in path and not path.startswith("file://") or path.startswith("mlflow-artifacts:"):
+                await self._resolve_on_replica(replica, name, path)
+                replica.adapters.add(name)
+                return
+            payload = json.dumps({"lora_name": name, "lora_path": path.removeprefix("file://")}).encode()
             response = await self._client.request("POST", replica.url, "/v1/load_lora_adapter", payload,
                                                   self._headers, self.config.timeout)
             text = (await response.read(self.config.timeout)).decode("utf-8", "replace")
             response.release()
-            if response.status >= 500:
-                raise ConnectionError(f"loading adapter {name} failed with {response.status}: {text[:200]}")
-            if response.status == 404:
-                # No runtime loading there (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING, or a server
-                # that resolves refs itself): the generation request will say whether it knows `name`.
-                _log.info("upstream %s has no /v1/load_lora_adapter; sending %s as is", replica.url, name)
-            elif response.status >= 400 and "already" not in text.lower():
-                raise GatewayError(502, f"upstream {replica.url} could not load adapter {name}: {text[:300]}",
-                                   code="adapter_load_failed")
-            replica.adapters.add(name)
-            _log.info("loaded adapter %s on %s", name, replica.url)
+            status = response.status
+            error = _vllm_error(text)
+            if status == 200 or (status == 400 and "has already been loaded" in text):
+                replica.adapters.add(name)
+                _log.info("loaded adapter %s on %s", name, replica.url)
+                return
+            if status == 404 and error is None:
+                _log.info("upstream %s has no /v1/load_lora_adapter (runtime LoRA loading off); sending %s as is",
+                          replica.url, name)
+                replica.adapters.add(name)
+                return
+            message = (error or {}).get("message") or text[:300]
+            if status == 404:
+                raise GatewayError(502, f"upstream {replica.url} cannot find the files of adapter {name} at {path}: "
+                                   f"{message} (give replicas that path on a shared file system, or use an "
+                                   "artifact store and the llmops vLLM resolver)", code="adapter_load_failed")
+            raise GatewayError(502, f"upstream {replica.url} could not load adapter {name} ({status}): {message}",
+                               code="adapter_load_failed")
+
+    async def _resolve_on_replica(self, replica: Replica, name: str, path: str) -> None:
+        """Have the replica's LoRA resolvers load `name` (see `_load_adapter`); raise on failure."""
+        payload = json.dumps({"model": name, "prompt": "hi", "max_tokens": 1}).encode()
+        response = await self._client.request("POST", replica.url, "/v1/completions", payload,
+                                              self._headers, self.config.timeout)
+        text = (await response.read(self.config.timeout)).decode("utf-8", "replace")
+        response.release()
+        error = _vllm_error(text) or {}
+        message = error.get("message") or text[:300]
+        if response.status == 404 and error.get("type") == "NotFoundError":
+            raise GatewayError(502, f"upstream {replica.url} cannot resolve adapter {name} (files in {path}): {message} "
+                               "(run the replica with llmops installed, VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and "
+                               "MLFLOW_TRACKING_URI; see README \"Team set-up\")", code="adapter_load_failed")
+        if response.status >= 500 or (response.status == 400 and "could not be loaded" in message):
+            raise GatewayError(502, f"upstream {replica.url} could not load adapter {name} ({response.status}): "
+                               f"{message}", code="adapter_load_failed")
+        _log.info("adapter %s resolved on %s from %s", name, replica.url, path)
 
     # ---------------------------------------------------------------------------------- health
 
