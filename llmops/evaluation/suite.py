@@ -135,6 +135,8 @@ class SliceGate(ConfigModel):
     """Slices with fewer items are reported but not tested."""
     margin: Optional[float] = None
     """Non-inferiority margin per slice (default: the gate's margin)."""
+    test_missing: bool = False
+    """Also test the items that lack a slice field as a slice of their own (default: only report them)."""
 
 
 class GateConfig(ConfigModel):
@@ -145,13 +147,14 @@ class GateConfig(ConfigModel):
     margin: float = Field(0.02, ge=0)
     """Non-inferiority margin: the candidate may be at most this much worse on the primary scorer."""
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    """Error rate of each one-sided decision."""
+    """Error rate of each one-sided decision (per side): 0.05 gives a 90% two-sided interval whose lower
+    bound decides `pass` and whose upper bound decides `fail`, each wrong at most 5% of the time."""
     min_items: int = Field(20, ge=1)
     """With fewer paired items the verdict is `investigate`."""
     min_score: Optional[float] = None
     """Absolute floor for the candidate's primary mean (applies with or without a baseline)."""
-    bootstrap_iterations: int = Field(10_000, ge=100)
     seed: int = 0
+    """Seed of the item orders the betting bound averages over (non-binary scores), for repeatable verdicts."""
     slices: Optional[SliceGate] = None
     hard: list[HardLimit] = []
 
