@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import numpy as np
-
+from llmops.evaluation.comparison import paired_scores, scorer_interval
 from llmops.evaluation.runner import EvalResult
-from llmops.evaluation.intervals import paired_interval
 from llmops.evaluation.stats import holm_adjust, is_binary, mcnemar_exact
 from llmops.evaluation.suite import GateConfig
 
@@ -59,12 +57,6 @@ class GateVerdict:
         return asdict(self)
 
 
-def _paired(candidate: EvalResult, baseline: EvalResult, scorer: str, keep: Optional[set[str]] = None):
-    cand, base = candidate.scores(scorer), baseline.scores(scorer)
-    ids = [i for i in cand if i in base and cand[i] is not None and base[i] is not None and (keep is None or i in keep)]
-    return ids, np.array([cand[i] for i in ids], float), np.array([base[i] for i in ids], float)
-
-
 def _hard_limits(config: GateConfig, candidate: EvalResult, baseline: Optional[EvalResult]) -> list[dict[str, Any]]:
     checks = []
     for limit in config.hard:
@@ -95,7 +87,7 @@ def _slice_checks(config: GateConfig, candidate: EvalResult, baseline: EvalResul
     for item_field in sorted({k for item in candidate.items for k in item.slices}):
         for value in sorted({item.slices.get(item_field) for item in candidate.items}, key=str):
             keep = {i.item_id for i in candidate.items if i.slices.get(item_field) == value}
-            ids, cand, base = _paired(candidate, baseline, config.primary, keep)
+            ids, cand, base = paired_scores(candidate, baseline, config.primary, keep)
             label = f"{item_field}={value}" if value is not None else f"{item_field} missing"
             entry: dict[str, Any] = {"slice": label, "items": len(ids), "tested": False}
             if value is None and not config.slices.test_missing:
@@ -103,7 +95,7 @@ def _slice_checks(config: GateConfig, candidate: EvalResult, baseline: EvalResul
             elif len(ids) < config.slices.min_items:
                 entry["note"] = f"fewer than {config.slices.min_items} items: reported, not tested"
             else:
-                interval = paired_interval(cand, base, config.alpha, margin, config.seed)
+                interval = scorer_interval(candidate, baseline, config.primary, config.alpha, margin, config.seed, keep)
                 entry.update(tested=True, delta=interval.mean, ci_low=interval.low, ci_high=interval.high,
                              method=interval.method, p=interval.p_worse)
             tested.append(entry)
@@ -125,7 +117,7 @@ def apply_gate(config: GateConfig, candidate: EvalResult, baseline: Optional[Eva
         return GateVerdict(verdict, reasons, config.primary, len(candidate.items), candidate_mean, hard=hard,
                            margin=config.margin, alpha=config.alpha)
 
-    ids, cand, base = _paired(candidate, baseline, config.primary)
+    ids, cand, base = paired_scores(candidate, baseline, config.primary)
     result = GateVerdict("investigate", [], config.primary, len(ids), candidate_mean,
                          baseline.summaries[config.primary].mean, margin=config.margin, alpha=config.alpha, hard=hard)
     if len(ids) < config.min_items:
@@ -133,7 +125,7 @@ def apply_gate(config: GateConfig, candidate: EvalResult, baseline: Optional[Eva
         result.verdict = "fail" if broken else "investigate"
         result.reasons += broken
         return result
-    interval = paired_interval(cand, base, config.alpha, config.margin, config.seed)
+    interval = scorer_interval(candidate, baseline, config.primary, config.alpha, config.margin, config.seed)
     result.delta, result.ci_low, result.ci_high = interval.mean, interval.low, interval.high
     result.level, result.method = interval.level, interval.method
     worse_beyond_margin = interval.high < -config.margin

@@ -163,8 +163,12 @@ def _student_t(d: np.ndarray, alpha: float, margin: float, spread: float) -> tup
     return mean - quantile * se, mean + quantile * se, float(t.sf(statistic, max(n - 1, 1))), float(t.cdf(statistic, max(n - 1, 1)))
 
 
-def paired_interval(candidate, baseline, alpha: float = 0.05, margin: float = 0.0, seed: int = 0) -> PairedInterval:
+def paired_interval(candidate, baseline, alpha: float = 0.05, margin: float = 0.0, seed: int = 0,
+                    bounded: bool = True) -> PairedInterval:
     """The interval of mean(candidate - baseline) at level 1 - 2*alpha, by the method the scores allow.
+
+    `bounded=False` says the scores are raw measurements that may leave [0, 1] (latency, tokens) even
+    where this sample stays inside it; they get the approximate t interval.
 
     Raises:
         ValueError: the arrays differ in length, are empty, or alpha is not in (0, 0.5).
@@ -177,7 +181,7 @@ def paired_interval(candidate, baseline, alpha: float = 0.05, margin: float = 0.
         raise ValueError(f"alpha must be in (0, 0.5) (it is per side), not {alpha}")
     d = candidate - baseline
     n, discordant = len(d), int(np.count_nonzero(d))
-    if np.isin(candidate, (0.0, 1.0)).all() and np.isin(baseline, (0.0, 1.0)).all():
+    if bounded and np.isin(candidate, (0.0, 1.0)).all() and np.isin(baseline, (0.0, 1.0)).all():
         from scipy.stats import norm
 
         b, c = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
@@ -186,7 +190,7 @@ def paired_interval(candidate, baseline, alpha: float = 0.05, margin: float = 0.
         return PairedInterval(float(d.mean()), low, high, 1 - 2 * alpha, "tango-score",
                               float(norm.sf(z)), float(norm.cdf(z)), n, discordant)
     lo, hi = UNIT_RANGE
-    if candidate.min() >= lo and baseline.min() >= lo and candidate.max() <= hi and baseline.max() <= hi:
+    if bounded and candidate.min() >= lo and baseline.min() >= lo and candidate.max() <= hi and baseline.max() <= hi:
         low, high, p_not_worse, p_worse = betting_bounds(d, alpha, margin, seed=seed)
         method = "betting"
     else:

@@ -182,16 +182,24 @@ def _model_identity(model: str) -> tuple[dict[str, Any], Optional[str]]:
 
 
 def _summarise(name: str, values: list[Optional[float]], quality: bool) -> ScorerSummary:
+    """Mean with a 95% interval: Wilson's score interval for 0/1 scores (it stays inside [0, 1] and does
+    not collapse at 0 or n successes), a percentile bootstrap otherwise; p50 and p95 for raw measurements."""
     measured = np.array([v for v in values if v is not None], dtype=float)
     unmeasured = len(values) - len(measured)
     if len(measured) == 0:
         return ScorerSummary(name, None, None, None, 0, unmeasured, quality=quality)
-    mean = float(measured.mean())
-    rng = np.random.default_rng(0)
-    boot = measured[rng.integers(0, len(measured), size=(2000, len(measured)))].mean(axis=1) if len(measured) > 1 else np.array([mean])
-    low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
+    mean, n = float(measured.mean()), len(measured)
+    if np.isin(measured, (0.0, 1.0)).all():
+        z = 1.959963984540054
+        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * np.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n))
+        low, high = max(0.0, centre - half), min(1.0, centre + half)
+    else:
+        rng = np.random.default_rng(0)
+        boot = measured[rng.integers(0, n, size=(2000, n))].mean(axis=1) if n > 1 else np.array([mean])
+        low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
     p50, p95 = (float(x) for x in np.quantile(measured, [0.5, 0.95]))
-    return ScorerSummary(name, mean, low, high, len(measured), unmeasured, p50, p95, quality)
+    return ScorerSummary(name, mean, float(low), float(high), n, unmeasured, p50, p95, quality)
 
 
 async def run_suite_async(
