@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,10 @@ class ItemResult:
     scores: dict[str, Optional[float]]
     slices: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    request_ids: list[str] = field(default_factory=list)
+    """The `x-request-id` of each repeat's generation (the gateway's trace has it as client_request_id)."""
+    expected: dict[str, str] = field(default_factory=dict)
+    """Each reference scorer's expected answer, rendered from the row."""
 
 
 @dataclass
@@ -75,6 +80,8 @@ class EvalResult:
     generated: int
     cached: int
     seconds: float
+    gateway: Optional[str] = None
+    """The gateway URL the answers came from (None: the gateway code in-process)."""
 
     def scores(self, scorer: str) -> dict[str, Optional[float]]:
         """item_id -> score for one scorer."""
@@ -234,24 +241,29 @@ async def run_suite_async(
     semaphore = asyncio.Semaphore(suite.concurrency)
     counts = {"generated": 0, "cached": 0}
     start = time.perf_counter()
+    run_token = uuid.uuid4().hex[:12]  # request ids unique to this run, so its gateway traces can be found
 
     async def one(item: _Prepared, repeat: int) -> Sample:
         key = cache_key(model=identity, prompt=prompt_ref, messages=item.prompt_hash, params=params, repeat=repeat,
                         suite_version=str(suite.version))
         hit = cache.get(key) if cacheable else None
         if hit is None:
+            request_id = f"llmops-eval-{run_token}-{item.item_hash}-{repeat}"
             async with semaphore:
                 try:
-                    generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat})
+                    generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat},
+                                                      request_id=request_id)
                 except GenerationError as error:
                     raise EvalError(f"generating with {model!r} failed: {error}") from None
-            hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens}
+            hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens,
+                   "request_id": generation.request_id or request_id}
             counts["generated"] += 1
             if cacheable:
                 cache.put(key, hit)
         else:
             counts["cached"] += 1
-        return Sample(item.row, item.prompt_text, hit["text"], hit["latency_s"], hit["output_tokens"])
+        return Sample(item.row, item.prompt_text, hit["text"], hit["latency_s"], hit["output_tokens"],
+                      {"request_id": hit.get("request_id", "")})
 
     tasks = [(item, repeat) for item in prepared for repeat in range(suite.repeats)]
     samples = await _gather_with_progress([one(i, r) for i, r in tasks], f"{suite.name} on {model}", progress)
@@ -262,8 +274,10 @@ async def run_suite_async(
         for scorer in scorers:
             values = [v for v in [await scorer.score(s) for s in repeats] if v is not None]
             scores[scorer.key] = float(np.mean(values)) if values else None
+        expected = {s.key: value for s in scorers if (value := s.expected(item.row)) is not None}
         items.append(ItemResult(item.item_id, item.item_hash, item.prompt_hash, item.row, [s.answer for s in repeats],
-                                scores, {k: item.row.get(k) for k in suite.slices}))
+                                scores, {k: item.row.get(k) for k in suite.slices},
+                                request_ids=[s.extra["request_id"] for s in repeats], expected=expected))
     summaries = {s.key: _summarise(s.key, [i.scores[s.key] for i in items], s.is_quality) for s in scorers}
     slices = {
         field_name: {
@@ -276,7 +290,7 @@ async def run_suite_async(
     if cache is not None:
         cache.close()
     return EvalResult(suite.name, str(suite.version), model, model_version, prompt_ref, items, summaries, slices,
-                      counts["generated"], counts["cached"], time.perf_counter() - start)
+                      counts["generated"], counts["cached"], time.perf_counter() - start, getattr(generator, "base_url", None))
 
 
 async def _gather_with_progress(coroutines: list, description: str, progress: bool) -> list:
