@@ -104,3 +104,46 @@ def test_gateway_run_scores_land_on_the_gateways_own_traces(suite):
     dataset_id = mlflow.get_run(again).data.tags["llmops.mlflow_dataset_id"]
     assert dataset_id == mlflow.get_run(run_id).data.tags["llmops.mlflow_dataset_id"]
     assert len(mlflow.genai.datasets.get_dataset(dataset_id=dataset_id).to_df()) == 3
+
+
+@pytest.mark.slow
+def test_scores_show_in_mlflows_own_ui(store, tmp_path):
+    """MLflow's UI (a real `mlflow server` in headless Chromium) lists the run's item traces with the scores."""
+    import shutil
+    from pathlib import Path
+
+    from llmops.evaluation.runner import EvalResult, ItemResult, _summarise
+
+    if not Path("/usr/bin/chromedriver").exists() or shutil.which("chromium") is None:
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from services import mlflow_server  # tests/ is on sys.path (pytest puts conftest.py's folder there)
+
+    items = [ItemResult(f"Country{i}", f"h{i}", "p", {"country": f"Country{i}", "capital": f"City{i}"},
+                        [f"City{i}" if i % 4 else "unsure"], {"correct": float(i % 4 != 0)}, expected={"correct": f"City{i}"})
+             for i in range(20)]
+    summaries = {"correct": _summarise("correct", [i.scores["correct"] for i in items], True)}
+    result = EvalResult("ui-suite", "1", "nobody@x", None, None, items, summaries, {}, 20, 0, 1.0)
+    run_id = log_eval_run(result)
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.binary_location = shutil.which("chromium")
+    with mlflow_server(f"sqlite:///{store}", tmp_path / "server") as server:
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        try:
+            driver.get(f"{server.url}/#/experiments/{experiment_id}/runs/{run_id}/traces")
+            body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+            WebDriverWait(driver, 120).until(lambda d: "Country7" in body(d) and "AVG" in body(d))
+            text = body(driver)
+            assert "ui-suite:nobody@x" in text  # the evaluation run
+            assert "correct" in text and "0.75" in text  # the assessment column and its average
+            assert "20 of 20" in text  # every item's trace
+        finally:
+            driver.quit()

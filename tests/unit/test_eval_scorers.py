@@ -127,15 +127,14 @@ def test_a_new_scorer_is_one_registered_class():
         validate_data(SuiteConfig, suite_data({"type": "test_shout", "minimun": 2}), "suite.yaml")
 
 
-async def _shorter_than(answer, row, expected, limit=10):
-    return float(len(answer) < limit)
-
-
-def test_module_function_scorers_keep_working_with_kwargs():
-    assert score({"type": "tests.unit.test_eval_scorers:_shorter_than"}, "short") == 1.0
-    assert score({"type": "tests.unit.test_eval_scorers:_shorter_than", "kwargs": {"limit": 3}}, "short") == 0.0
+def test_module_function_scorers_keep_working_with_kwargs(tmp_path, monkeypatch):
+    (tmp_path / "my_scorers.py").write_text(
+        "async def shorter_than(answer, row, expected, limit=10):\n    return float(len(answer) < limit)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert score({"type": "my_scorers:shorter_than"}, "short") == 1.0
+    assert score({"type": "my_scorers:shorter_than", "kwargs": {"limit": 3}}, "short") == 0.0
     with pytest.raises(EvalError, match="cannot be loaded"):
-        score({"type": "tests.unit.test_eval_scorers:nope"}, "x")
+        score({"type": "my_scorers:nope"}, "x")
     with pytest.raises(ConfigError, match="a custom scorer is `package.module:function`"):
         validate_data(SuiteConfig, suite_data({"type": ":f"}), "suite.yaml")
 
