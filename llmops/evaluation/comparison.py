@@ -8,7 +8,7 @@ from typing import Any, Optional
 import numpy as np
 
 from llmops.evaluation.intervals import PairedInterval, paired_interval
-from llmops.evaluation.runner import EvalResult, ItemResult, ScorerSummary
+from llmops.evaluation.results import EvalResult, ItemResult, ScorerSummary
 
 __all__ = ["ScorerComparison", "paired_scores", "scorer_interval", "compare_scorers", "compare_slices", "items_disagreeing_first"]
 

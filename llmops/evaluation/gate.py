@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from llmops.evaluation.comparison import paired_scores, scorer_interval
-from llmops.evaluation.runner import EvalResult
+from llmops.evaluation.results import EvalResult
 from llmops.evaluation.stats import holm_adjust, is_binary, mcnemar_exact
 from llmops.evaluation.suite import GateConfig
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from llmops.evaluation.runner import EvalResult, ItemResult
+from llmops.evaluation.results import EvalResult, ItemResult
 
 __all__ = ["EvalLogged", "log_eval_to_mlflow_ui", "dataset_name"]
 

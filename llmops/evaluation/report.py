@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmops.evaluation.report_html import render_html
-from llmops.evaluation.runner import EvalResult
+from llmops.evaluation.results import EvalResult
 
 __all__ = ["write_results", "print_summary", "render_html"]
 

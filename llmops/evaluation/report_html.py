@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from llmops.evaluation.charts import histogram_chart, interval_chart, means_chart
 from llmops.evaluation.comparison import compare_scorers, compare_slices, items_disagreeing_first
-from llmops.evaluation.runner import EvalResult
+from llmops.evaluation.results import EvalResult
 
 __all__ = ["render_html"]
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from llmops.evaluation.runner import EvalResult
+from llmops.evaluation.results import EvalResult
 
 __all__ = ["log_eval_run", "EVAL_EXPERIMENT"]
 

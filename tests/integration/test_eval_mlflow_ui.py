@@ -112,7 +112,7 @@ def test_scores_show_in_mlflows_own_ui(store, tmp_path):
     import shutil
     from pathlib import Path
 
-    from llmops.evaluation.runner import EvalResult, ItemResult, _summarise
+    from llmops.evaluation.results import EvalResult, ItemResult, summarise
 
     if not Path("/usr/bin/chromedriver").exists() or shutil.which("chromium") is None:
         pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
@@ -126,7 +126,7 @@ def test_scores_show_in_mlflows_own_ui(store, tmp_path):
     items = [ItemResult(f"Country{i}", f"h{i}", "p", {"country": f"Country{i}", "capital": f"City{i}"},
                         [f"City{i}" if i % 4 else "unsure"], {"correct": float(i % 4 != 0)}, expected={"correct": f"City{i}"})
              for i in range(20)]
-    summaries = {"correct": _summarise("correct", [i.scores["correct"] for i in items], True)}
+    summaries = {"correct": summarise("correct", [i.scores["correct"] for i in items], True)}
     result = EvalResult("ui-suite", "1", "nobody@x", None, None, items, summaries, {}, 20, 0, 1.0)
     run_id = log_eval_run(result)
     experiment_id = mlflow.get_run(run_id).info.experiment_id

@@ -9,7 +9,7 @@ import pytest
 
 from llmops.evaluation.gate import apply_gate
 from llmops.evaluation.report import write_results
-from llmops.evaluation.runner import EvalResult, ItemResult, _summarise
+from llmops.evaluation.results import EvalResult, ItemResult, summarise
 from llmops.evaluation.suite import GateConfig, SliceGate
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -30,7 +30,7 @@ def run_of(model: str, correct: np.ndarray, rng) -> EvalResult:
         answer = capital if ok else "I am not sure"
         scores = {"correct": float(ok), "latency": float(rng.uniform(0.05, 0.3))}
         items.append(ItemResult(row["country"], f"h{index}", "p", row, [answer], scores, {"region": row.get("region")}))
-    summaries = {k: _summarise(k, [i.scores[k] for i in items], k != "latency") for k in ("correct", "latency")}
+    summaries = {k: summarise(k, [i.scores[k] for i in items], k != "latency") for k in ("correct", "latency")}
     return EvalResult("capitals", "2", model, model, "capitals-qa/1", items, summaries, {}, len(items), 0, 1.0)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llmops.evaluation.gate import apply_gate
-from llmops.evaluation.runner import EvalResult, ItemResult, _summarise
+from llmops.evaluation.results import EvalResult, ItemResult, summarise
 from llmops.evaluation.suite import GateConfig, HardLimit, SliceGate
 
 
@@ -19,7 +19,7 @@ def result(scores, slices=None, latency=None, name="m/1") -> EvalResult:
         items.append(ItemResult(f"i{index}", f"h{index}", "p", {}, ["a"], item_scores,
                                 {"group": slices[index]} if slices is not None else {}))
     keys = list(items[0].scores)
-    summaries = {k: _summarise(k, [i.scores[k] for i in items], k != "latency") for k in keys}
+    summaries = {k: summarise(k, [i.scores[k] for i in items], k != "latency") for k in keys}
     return EvalResult("s", "1", name, name, None, items, summaries, {}, len(items), 0, 0.0)
 
 

@@ -138,8 +138,8 @@ def test_bad_input_is_rejected():
 
 
 def _result(scores):
-    from llmops.evaluation.runner import EvalResult, ItemResult, _summarise
+    from llmops.evaluation.results import EvalResult, ItemResult, summarise
 
     items = [ItemResult(f"i{i}", f"h{i}", "p", {}, ["a"], {"correct": float(s)}) for i, s in enumerate(scores)]
-    summaries = {"correct": _summarise("correct", [i.scores["correct"] for i in items], True)}
+    summaries = {"correct": summarise("correct", [i.scores["correct"] for i in items], True)}
     return EvalResult("s", "1", "m/1", "m/1", None, items, summaries, {}, len(items), 0, 0.0)

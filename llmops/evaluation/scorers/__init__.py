@@ -8,6 +8,7 @@ of this package.
 """
 
 from llmops.evaluation.scorers.base import EvalError, JudgeFn, Sample, Scorer, ScorerOptions
+from llmops.evaluation.scorers.judge import JUDGE_TEMPLATE, parse_judgment
 from llmops.evaluation.scorers.registry import (
     register_scorer,
     scorer_class,
@@ -26,10 +27,3 @@ def build_scorer(options: ScorerOptions, judge: JudgeFn | None = None) -> Scorer
     """Build a scorer from its validated options (custom `module:function` targets are imported here)."""
     return scorer_class(options.type)(options, judge)
 
-
-def __getattr__(name: str):
-    if name in {"JUDGE_TEMPLATE", "parse_judgment"}:
-        from llmops.evaluation.scorers import judge
-
-        return getattr(judge, name)
-    raise AttributeError(name)

@@ -14,6 +14,8 @@ __all__ = ["CustomScorer"]
 
 
 class CustomOptions(ScorerOptions):
+    """Options of a `module:function` scorer."""
+
     expected: Optional[str] = None
     """An optional reference answer, a template over the row, passed as `expected`."""
     kwargs: dict[str, Any] = {}

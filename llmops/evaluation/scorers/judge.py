@@ -34,6 +34,8 @@ def parse_judgment(reply: str) -> Optional[float]:
 
 
 class LlmJudgeOptions(ScorerOptions):
+    """Options of `llm_judge`."""
+
     judge_model: str
     """The judge model ref, served by the same engine or gateway as the evaluated model."""
     rubric: str = "Is the answer correct and helpful?"

@@ -13,6 +13,8 @@ __all__ = ["RougeL", "Bleu", "Chrf", "EmbeddingSimilarity"]
 
 
 class ThresholdOptions(ReferenceOptions):
+    """Options of the similarity scorers that can turn a similarity into 0/1."""
+
     threshold: Optional[float] = Field(None, ge=0, le=1)
     """Score 1 at or above it and 0 below (default: the raw similarity in [0, 1])."""
 

@@ -29,6 +29,8 @@ class JsonValid(Scorer):
 
 
 class JsonSchemaOptions(ScorerOptions):
+    """Options of `json_schema` (the schema is checked when the suite is validated)."""
+
     schema_: dict[str, Any] = Field(alias="schema")
     """The JSON schema (draft 2020-12) the answer must satisfy."""
 

@@ -20,6 +20,8 @@ def first_line(text: str) -> str:
 
 
 class ExactMatchOptions(ReferenceOptions):
+    """Options of `exact_match`."""
+
     ignore_case: bool = True
     """Compare case-insensitively."""
     ignore_punctuation: bool = True
@@ -52,6 +54,8 @@ class ExactMatch(Scorer):
 
 
 class ContainsOptions(ScorerOptions):
+    """Options of `contains` and `not_contains`."""
+
     value: str
     """The text to look for, a template over the row ("{{ capital }}") or a fixed string."""
     ignore_case: bool = True
@@ -85,6 +89,8 @@ class NotContains(Contains):
 
 
 class RegexOptions(ScorerOptions):
+    """Options of `regex` (the pattern is checked when the suite is validated)."""
+
     value: str
     """The pattern (Python `re` syntax), searched anywhere in the answer."""
     ignore_case: bool = True
