@@ -26,7 +26,8 @@ h1{margin:0 0 4px;font-size:24px}h2{font-size:18px;margin:28px 0 8px}.sub{color:
 .verdict ul{margin:4px 0 0 18px;padding:0}.key{font-variant-numeric:tabular-nums;color:#333}
 table{border-collapse:collapse;width:100%;font-size:13px;font-variant-numeric:tabular-nums}
 th{text-align:left;background:#f3f4f6;position:sticky;top:0}th,td{border-bottom:1px solid #e2e2e2;padding:4px 8px;vertical-align:top}
-td.num{text-align:right;white-space:nowrap}.charts{display:flex;flex-wrap:wrap;gap:12px}
+td.num{text-align:right;white-space:nowrap}#scorer-table{width:auto;min-width:60%}.checks{font-size:13px}
+.verdict p.muted{margin:8px 0 0}.charts{display:flex;flex-wrap:wrap;gap:12px}
 svg.chart{border:1px solid #e5e5e5;border-radius:6px;background:#fff}
 tr.disagree td:first-child{border-left:4px solid #ef6c00}.field{display:inline-block;margin-right:10px}
 .field b{color:#555;font-weight:600}.answer{white-space:pre-wrap;max-width:300px}.muted{color:#777}
@@ -85,8 +86,12 @@ def _verdict_section(verdict: Optional[dict[str, Any]]) -> str:
                f'({_e(verdict.get("method") or "")}), margin {verdict["margin"]:g}, alpha {verdict.get("alpha", 0.05):g} per side, '
                f'{verdict["items"]} paired items</p>')
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict["reasons"])
+    checks = "".join(
+        f'<li class="{"good" if c["ok"] else "bad"}">{_e(c["scorer"])}: {_e(c["rule"])} '
+        f'(value {_num(c["value"])}) {"holds" if c["ok"] else "does not hold"}</li>' for c in verdict.get("hard", []))
+    checks = f'<p class="muted">Limits:</p><ul class="checks">{checks}</ul>' if checks else ""
     return (f'<section id="verdict" class="verdict v-{_e(verdict["verdict"])}"><h2>Gate: {_e(verdict["verdict"])}</h2>'
-            f"{key}<ul>{reasons}</ul></section>")
+            f"{key}<ul>{reasons}</ul>{checks}</section>")
 
 
 def _scorer_table(rows, has_baseline: bool, level: float) -> str:
@@ -134,13 +139,15 @@ def _items_table(result: EvalResult, baseline: Optional[EvalResult], scorers: li
             f"{_e(k)}: {_num(v)}" + (f" / {_num(other.scores.get(k))}" if other is not None else "")
             for k, v in item.scores.items())
         base_answer = _e(other.answers[0]) if other is not None and other.answers else '<span class="muted">-</span>'
+        base_cell = f'<td class="answer">{base_answer}</td>' if baseline is not None else ""
         rows.append(f'<tr class="{"disagree" if disagree else "agree"}"><td>{_e(item.item_id)}</td><td>{fields}</td>'
                     f'<td class="answer">{_e(item.answers[0] if item.answers else "")}</td>'
-                    f'<td class="answer">{base_answer}</td><td class="num">{scores}</td></tr>')
+                    f'{base_cell}<td class="num">{scores}</td></tr>')
     more = (f'<p class="muted">The first {MAX_ITEMS} of {len(result.items)} items; all are in items.jsonl.</p>'
             if len(result.items) > MAX_ITEMS else "")
     score_head = "scores (candidate / baseline)" if baseline is not None else "scores"
-    return (f'<table id="items"><thead><tr><th>item</th><th>fields</th><th>candidate answer</th><th>baseline answer</th>'
+    base_head = "<th>baseline answer</th>" if baseline is not None else ""
+    return (f'<table id="items"><thead><tr><th>item</th><th>fields</th><th>candidate answer</th>{base_head}'
             f'<th>{score_head}</th></tr></thead><tbody>{"".join(rows)}</tbody></table>{more}')
 
 
@@ -189,7 +196,7 @@ def render_html(result: EvalResult, baseline: Optional[EvalResult] = None, verdi
 {slice_html}
 <section id="item-list"><h2>Items</h2>
 <div class="controls"><input id="filter" type="search" placeholder="Filter items by any text" aria-label="filter items">
-<label><input id="only-disagree" type="checkbox"> only items where candidate and baseline disagree ({disagreeing})</label>
+<label{"" if baseline is not None else ' hidden'}><input id="only-disagree" type="checkbox"> only items where candidate and baseline disagree ({disagreeing})</label>
 <span id="shown" class="muted"></span></div>
 {_items_table(result, baseline, quality)}</section>
 <script>{_SCRIPT}</script></body></html>"""

@@ -121,3 +121,20 @@ def test_disagreeing_items_come_first_and_the_filter_works(report, browser):
     if os.environ.get("LLMOPS_REPORT_SCREENSHOT"):
         browser.find_element(By.ID, "only-disagree").click()
         browser.save_screenshot(os.environ["LLMOPS_REPORT_SCREENSHOT"])
+
+
+def test_a_run_without_baseline_shows_its_limits_and_no_comparison(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    rng = np.random.default_rng(9)
+    single = run_of("capitals/1", rng.random(30) < 0.8, rng)
+    verdict = apply_gate(GateConfig(primary="correct", min_score=0.95), single, None).to_dict()
+    browser.get(write_results(tmp_path, single, None, verdict)["report"].as_uri())
+    assert browser.find_element(By.CSS_SELECTOR, "#verdict h2").text == "Gate: fail"
+    assert "correct: mean >= 0.95" in browser.find_element(By.CSS_SELECTOR, "#verdict .checks").text
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#scorer-table th")]
+    assert headers == ["scorer", "candidate mean", "95% CI", "n"]
+    assert not browser.find_element(By.ID, "only-disagree").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")[0].is_displayed()
+    browser.find_element(By.ID, "filter").send_keys("Peru 3")
+    assert [r.find_element(By.TAG_NAME, "td").text for r in visible_rows(browser)] == ["Peru 3"]
