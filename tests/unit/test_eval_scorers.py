@@ -100,6 +100,8 @@ def test_each_scorer_type_has_its_own_options_with_did_you_mean(tmp_path):
 
 
 def test_missing_type_and_bad_json_schema_are_config_errors():
+    with pytest.raises(ConfigError, match="scorers.0: a scorer is a mapping with a `type:` key, not str"):
+        validate_data(SuiteConfig, suite_data("exact_match"), "suite.yaml")
     with pytest.raises(ConfigError, match="scorers.0.type: required key is missing"):
         validate_data(SuiteConfig, suite_data({"expected": "x"}), "suite.yaml")
     with pytest.raises(ConfigError, match="scorers.0.schema: invalid JSON schema"):
@@ -135,6 +137,8 @@ def test_module_function_scorers_keep_working_with_kwargs(tmp_path, monkeypatch)
     assert score({"type": "my_scorers:shorter_than", "kwargs": {"limit": 3}}, "short") == 0.0
     with pytest.raises(EvalError, match="cannot be loaded"):
         score({"type": "my_scorers:nope"}, "x")
+    with pytest.raises(EvalError, match="custom scorer 'my_scorers:shorter_than' .* failed: TypeError: .*'limt'"):
+        score({"type": "my_scorers:shorter_than", "kwargs": {"limt": 3}}, "short")
     with pytest.raises(ConfigError, match="a custom scorer is `package.module:function`"):
         validate_data(SuiteConfig, suite_data({"type": ":f"}), "suite.yaml")
 

@@ -46,8 +46,12 @@ class CustomScorer(Scorer):
             raise EvalError(f"custom scorer {options.type!r} cannot be loaded: {error}") from None
 
     async def score(self, sample: Sample) -> Optional[float]:
-        result = self._function(answer=sample.answer, row=sample.row, expected=self.expected(sample.row),
-                                **self.options.kwargs)
-        if hasattr(result, "__await__"):
-            result = await result
-        return None if result is None else float(result)
+        expected = self.expected(sample.row)
+        try:
+            result = self._function(answer=sample.answer, row=sample.row, expected=expected, **self.options.kwargs)
+            if hasattr(result, "__await__"):
+                result = await result
+            return None if result is None else float(result)
+        except Exception as error:  # the user's code: name the scorer, keep the cause for --debug
+            raise EvalError(f"custom scorer {self.key!r} ({self.options.type}) failed: "
+                            f"{type(error).__name__}: {error}") from error
