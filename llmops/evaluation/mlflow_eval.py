@@ -11,6 +11,10 @@ What `mlflow.genai.evaluate` leaves behind, made from a run llmops already score
 - each quality score as a `Feedback` assessment on that trace (`mlflow.log_feedback`), with the
   run id in `mlflow.assessment.sourceRunId` as MLflow's harness sets it. Latency and token counts are
   not repeated as assessments: the trace already carries its duration and token usage.
+
+Checked against the installed MLflow 3.17.2 source (`mlflow/genai/evaluation/base.py` `_log_dataset_input`,
+`harness.py` `_log_assessments`) and its docs: https://mlflow.org/docs/latest/genai/tracing/collect-user-feedback
+and the "evaluation runs" concept (one trace per dataset row, feedback attached to each trace).
 """
 
 from __future__ import annotations
