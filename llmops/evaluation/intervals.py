@@ -14,8 +14,9 @@ methods replace it, chosen by the data:
   test of H0: p_b - p_c = d0 on the discordant counts b (candidate only right) and c (baseline only
   right), with the variance taken at the restricted maximum-likelihood estimate under H0, not at
   the observed counts; so 0 lost items still leave a variance and the bound widens as it should.
-  Its exact size, enumerated over every outcome of the trinomial (tests/unit/test_eval_intervals.py),
-  stays at most 0.056 for alpha 0.05 at n = 20 and 50 over every discordance rate, 0.052 at n = 100.
+  Its exact size, enumerated over every outcome of the trinomial, reaches 0.0557 for alpha 0.05 at
+  n = 50, so up to 400 items each bound's level is recalibrated by that enumeration
+  (`tango_exact`) until the exact size is <= alpha (tests/unit/test_eval_intervals.py).
 - **Other scores in [0, 1]: a betting confidence bound** (Waudby-Smith & Ramdas 2023, JRSS-B 86:1,
   "Estimating means of bounded random variables by betting"). The capital
   K(m) = prod_i (1 + lambda_i (x_i - m)) of a bettor who wagers that the mean exceeds m is a
@@ -184,8 +185,12 @@ def paired_interval(candidate, baseline, alpha: float = 0.05, margin: float = 0.
     if bounded and np.isin(candidate, (0.0, 1.0)).all() and np.isin(baseline, (0.0, 1.0)).all():
         from scipy.stats import norm
 
+        from llmops.evaluation.tango_exact import exact_alpha
+
         b, c = int(np.count_nonzero(d > 0)), int(np.count_nonzero(d < 0))
-        low, high = (float(v) for v in tango_bounds(b, c, n, alpha))
+        # each bound at the level that makes its margin test exact (tango_exact): never narrower than Tango's
+        low = float(tango_bounds(b, c, n, exact_alpha(n, -margin, alpha, +1))[0])
+        high = float(tango_bounds(b, c, n, exact_alpha(n, -margin, alpha, -1))[1])
         z = float(tango_z(b, c, n, -margin))
         return PairedInterval(float(d.mean()), low, high, 1 - 2 * alpha, "tango-score",
                               float(norm.sf(z)), float(norm.cdf(z)), n, discordant)

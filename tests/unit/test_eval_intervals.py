@@ -8,6 +8,7 @@ from scipy.special import gammaln
 from llmops.evaluation.gate import apply_gate
 from llmops.evaluation.intervals import paired_interval, tango_bounds, tango_z
 from llmops.evaluation.suite import GateConfig
+from llmops.evaluation.tango_exact import exact_alpha
 
 MARGIN, ALPHA = 0.02, 0.05
 
@@ -33,23 +34,30 @@ def _outcomes(n):
     return b[keep].astype(float), c[keep].astype(float)
 
 
-def _pass_probability(n, true_delta, discordance):
-    """Exact P(the gate's lower bound > -margin), summed over every (b, c) outcome of the trinomial."""
+def _probability(n, true_delta, discordance, side=+1, level=None):
+    """Exact P(the gate passes) (side +1) or P(it fails) (side -1), summed over every (b, c) outcome."""
     pb, pc = (discordance + true_delta) / 2, (discordance - true_delta) / 2
     b, c = _outcomes(n)
     log_pmf = (gammaln(n + 1) - gammaln(b + 1) - gammaln(c + 1) - gammaln(n - b - c + 1)
                + b * np.log(pb) + c * np.log(pc) + (n - b - c) * np.log1p(-pb - pc))
-    low, _ = tango_bounds(b, c, n, ALPHA)
-    return float(np.exp(log_pmf)[low > -MARGIN].sum())
+    alpha = level if level is not None else exact_alpha(n, -MARGIN, ALPHA, side)
+    low, high = tango_bounds(b, c, n, alpha)
+    decided = low > -MARGIN if side > 0 else high < -MARGIN
+    return float(np.exp(log_pmf)[decided].sum())
 
 
 @pytest.mark.parametrize("n", [20, 50, 100])
-def test_exact_pass_probability_at_the_margin_stays_at_alpha(n):
+def test_exact_error_rates_at_the_margin_stay_at_alpha(n):
     # the worst case of H0 is its boundary, delta = -margin, at any share of discordant items
-    worst = max(_pass_probability(n, -MARGIN, d) for d in np.linspace(0.03, 0.97, 48))
-    assert worst <= ALPHA + 0.01, worst  # Tango's score interval: 0.056 at most at n = 20 and 50
+    grid = np.linspace(0.021, 0.99, 60)
+    assert max(_probability(n, -MARGIN, d, +1) for d in grid) <= ALPHA  # a false pass
+    assert max(_probability(n, -MARGIN, d, -1) for d in grid) <= ALPHA  # a false fail
     for discordance in (0.10, 0.25, 0.50):
-        assert _pass_probability(n, -(MARGIN + 0.05), discordance) <= ALPHA
+        assert _probability(n, -(MARGIN + 0.05), discordance) <= ALPHA
+
+
+def test_tango_alone_over_rejects_which_is_why_its_level_is_recalibrated():
+    assert max(_probability(50, -MARGIN, d, +1, level=ALPHA) for d in np.linspace(0.021, 0.99, 60)) > 0.055
 
 
 @pytest.mark.parametrize("n", [20, 50, 100])
@@ -60,7 +68,7 @@ def test_simulated_promotions_under_a_true_regression_pass_at_most_alpha(n, disc
     trials, true_delta = 4000, -(MARGIN + 0.05)
     p_win, p_loss = (discordance + true_delta) / 2, (discordance - true_delta) / 2
     counts = rng.multinomial(n, [p_win, p_loss, 1 - p_win - p_loss], size=trials)
-    low, _ = tango_bounds(counts[:, 0], counts[:, 1], n, ALPHA)
+    low, _ = tango_bounds(counts[:, 0], counts[:, 1], n, exact_alpha(n, -MARGIN, ALPHA, +1))  # as the gate does
     rate = float(np.mean(low > -MARGIN))
     assert rate <= ALPHA + 3 * np.sqrt(ALPHA * (1 - ALPHA) / trials), rate
 
