@@ -68,7 +68,7 @@ def promote(
 
     outcome = run_promotion(name, version, to, suite, force, reason, gateway,
                             str(gateway_config) if gateway_config else None, out, use_cache=not no_cache)
-    print_summary(outcome.candidate, outcome.baseline)
+    print_summary(outcome.candidate, outcome.baseline, outcome.verdict.alpha)
     verdict = outcome.verdict
     color = {"pass": "green", "fail": "red", "investigate": "yellow"}[verdict.verdict]
     console.print(f"gate: [{color}]{verdict.verdict}[/{color}]")

@@ -1,12 +1,18 @@
 """The promotion gate: candidate against baseline, item by item, with a non-inferiority margin.
 
+`alpha` is per side: the reported interval of the mean paired difference is two-sided at level
+1 - 2*alpha (90% for the default 0.05) and each decision below errs at most alpha of the time.
+The interval comes from `intervals.paired_interval` (Tango's score interval for 0/1 scores, a
+betting bound for other scores in [0, 1]), which keeps that level when few items differ.
+
 Verdicts:
 - `pass`: the one-sided (1 - alpha) lower bound of the mean paired difference is above -margin,
   every tested slice shows no significant regression (Holm-corrected), and every hard limit holds;
-- `fail`: the upper bound is below -margin (for 0/1 scores the exact McNemar test must agree),
-  a slice regresses significantly, or a hard limit is broken;
+- `fail`: the upper bound is below -margin, a slice regresses significantly, or a hard limit is broken;
 - `investigate`: anything in between: the interval straddles the margin, or too few items.
-With no baseline, only the absolute limits (`min_score`, hard min/max) apply.
+With no baseline, only the absolute limits (`min_score`, hard min/max) apply. Slices are tested
+on the items that carry the slice field; items without it are counted in the report, and tested
+as a slice of their own only when the suite sets `gate.slices.test_missing`.
 """
 
 from __future__ import annotations
@@ -14,10 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-import numpy as np
-
-from llmops.evaluation.runner import EvalResult
-from llmops.evaluation.stats import holm_adjust, is_binary, mcnemar_exact, paired_bootstrap
+from llmops.evaluation.comparison import paired_scores, scorer_interval
+from llmops.evaluation.results import EvalResult
+from llmops.evaluation.stats import holm_adjust, is_binary, mcnemar_exact
 from llmops.evaluation.suite import GateConfig
 
 __all__ = ["GateVerdict", "apply_gate", "EXIT_CODES"]
@@ -39,18 +44,17 @@ class GateVerdict:
     ci_low: Optional[float] = None
     ci_high: Optional[float] = None
     margin: float = 0.0
+    alpha: float = 0.05
+    """Error rate of each one-sided decision; the interval is two-sided at 1 - 2*alpha."""
+    level: Optional[float] = None
+    method: Optional[str] = None
+    """How the interval was computed: tango-score, betting or student-t-approx."""
     mcnemar: Optional[dict[str, Any]] = None
     slices: list[dict[str, Any]] = field(default_factory=list)
     hard: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _paired(candidate: EvalResult, baseline: EvalResult, scorer: str, keep: Optional[set[str]] = None):
-    cand, base = candidate.scores(scorer), baseline.scores(scorer)
-    ids = [i for i in cand if i in base and cand[i] is not None and base[i] is not None and (keep is None or i in keep)]
-    return ids, np.array([cand[i] for i in ids], float), np.array([base[i] for i in ids], float)
 
 
 def _hard_limits(config: GateConfig, candidate: EvalResult, baseline: Optional[EvalResult]) -> list[dict[str, Any]]:
@@ -80,14 +84,20 @@ def _slice_checks(config: GateConfig, candidate: EvalResult, baseline: EvalResul
         return []
     margin = config.slices.margin if config.slices.margin is not None else config.margin
     tested = []
-    for item_field in {k for item in candidate.items for k in item.slices}:
+    for item_field in sorted({k for item in candidate.items for k in item.slices}):
         for value in sorted({item.slices.get(item_field) for item in candidate.items}, key=str):
             keep = {i.item_id for i in candidate.items if i.slices.get(item_field) == value}
-            ids, cand, base = _paired(candidate, baseline, config.primary, keep)
-            entry = {"slice": f"{item_field}={value}", "items": len(ids)}
-            if len(ids) >= config.slices.min_items:
-                boot = paired_bootstrap(cand, base, config.alpha, margin, config.bootstrap_iterations, config.seed)
-                entry.update(delta=boot.mean, p=boot.p_below_margin)
+            ids, cand, base = paired_scores(candidate, baseline, config.primary, keep)
+            label = f"{item_field}={value}" if value is not None else f"{item_field} missing"
+            entry: dict[str, Any] = {"slice": label, "items": len(ids), "tested": False}
+            if value is None and not config.slices.test_missing:
+                entry["note"] = "items without the field: reported, not tested (set gate.slices.test_missing)"
+            elif len(ids) < config.slices.min_items:
+                entry["note"] = f"fewer than {config.slices.min_items} items: reported, not tested"
+            else:
+                interval = scorer_interval(candidate, baseline, config.primary, config.alpha, margin, config.seed, keep)
+                entry.update(tested=True, delta=interval.mean, ci_low=interval.low, ci_high=interval.high,
+                             method=interval.method, p=interval.p_worse)
             tested.append(entry)
     with_p = [e for e in tested if "p" in e]
     for entry, adjusted in zip(with_p, holm_adjust([e["p"] for e in with_p])):
@@ -104,34 +114,36 @@ def apply_gate(config: GateConfig, candidate: EvalResult, baseline: Optional[Eva
     if baseline is None:
         verdict = "fail" if broken else "pass"
         reasons = broken or ["no baseline holds the alias yet: only absolute limits apply, and they hold"]
-        return GateVerdict(verdict, reasons, config.primary, len(candidate.items), candidate_mean, hard=hard, margin=config.margin)
+        return GateVerdict(verdict, reasons, config.primary, len(candidate.items), candidate_mean, hard=hard,
+                           margin=config.margin, alpha=config.alpha)
 
-    ids, cand, base = _paired(candidate, baseline, config.primary)
+    ids, cand, base = paired_scores(candidate, baseline, config.primary)
     result = GateVerdict("investigate", [], config.primary, len(ids), candidate_mean,
-                         baseline.summaries[config.primary].mean, margin=config.margin, hard=hard)
+                         baseline.summaries[config.primary].mean, margin=config.margin, alpha=config.alpha, hard=hard)
     if len(ids) < config.min_items:
         result.reasons.append(f"only {len(ids)} paired items (the gate needs {config.min_items})")
         result.verdict = "fail" if broken else "investigate"
         result.reasons += broken
         return result
-    boot = paired_bootstrap(cand, base, config.alpha, config.margin, config.bootstrap_iterations, config.seed)
-    result.delta, result.ci_low, result.ci_high = boot.mean, boot.low, boot.high
-    worse_beyond_margin = boot.high < -config.margin
+    interval = scorer_interval(candidate, baseline, config.primary, config.alpha, config.margin, config.seed)
+    result.delta, result.ci_low, result.ci_high = interval.mean, interval.low, interval.high
+    result.level, result.method = interval.level, interval.method
+    worse_beyond_margin = interval.high < -config.margin
     if is_binary(cand, base):
         b, c, p = mcnemar_exact(cand, base, alternative="less")
         result.mcnemar = {"candidate_only": b, "baseline_only": c, "p_candidate_worse": p}
-        worse_beyond_margin = worse_beyond_margin and p < config.alpha
     result.slices = _slice_checks(config, candidate, baseline)
     regressed = [s["slice"] for s in result.slices if s.get("regressed")]
-    interval = f"delta {boot.mean:+.3f}, {boot.level:.0%} CI [{boot.low:+.3f}, {boot.high:+.3f}], margin {config.margin}"
+    described = (f"delta {interval.mean:+.3f}, {interval.level:.0%} CI [{interval.low:+.3f}, {interval.high:+.3f}] "
+                 f"({interval.method}, {interval.discordant} of {interval.items} items differ), margin {config.margin}")
     if broken or regressed or worse_beyond_margin:
         result.verdict = "fail"
         result.reasons += broken + [f"slice {s} regressed (Holm-corrected p < {config.alpha})" for s in regressed]
         if worse_beyond_margin:
-            result.reasons.append(f"candidate is worse than the baseline beyond the margin: {interval}")
-    elif boot.low > -config.margin:
+            result.reasons.append(f"candidate is worse than the baseline beyond the margin: {described}")
+    elif interval.low > -config.margin:
         result.verdict = "pass"
-        result.reasons.append(f"candidate is not worse than the baseline: {interval}")
+        result.reasons.append(f"candidate is not worse than the baseline: {described}")
     else:
-        result.reasons.append(f"the interval straddles the margin: {interval}")
+        result.reasons.append(f"the interval straddles the margin: {described}")
     return result

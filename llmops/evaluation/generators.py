@@ -33,6 +33,8 @@ class Generation:
     latency_s: float
     output_tokens: int
     model_version: Optional[str] = None
+    request_id: Optional[str] = None
+    """The `x-request-id` the gateway answered with (it records it as the trace's client_request_id)."""
 
 
 class GenerationError(LlmopsError):
@@ -56,18 +58,22 @@ def _error_message(status: int, body: bytes) -> str:
 class ChatGenerator:
     """Chat completions over a `post` function. `calls` counts requests sent."""
 
-    def __init__(self, post: Post, api_key: str, closer: contextlib.AsyncExitStack):
+    def __init__(self, post: Post, api_key: str, closer: contextlib.AsyncExitStack, base_url: Optional[str] = None):
+        self.base_url = base_url
+        """The gateway URL (None: the gateway app in this process)."""
         self._post = post
         self._headers = {"content-type": "application/json", "authorization": f"Bearer {api_key}"}
         self._closer = closer
         self.calls = 0
 
-    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Generation:
-        """Send one chat request. Raises GenerationError with the server's message."""
+    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                   request_id: Optional[str] = None) -> Generation:
+        """Send one chat request (with `x-request-id: request_id` when given). Raises GenerationError."""
         self.calls += 1
         body = json.dumps({"model": model, "messages": messages, **params}).encode()
+        sent = {**self._headers, "x-request-id": request_id} if request_id else self._headers
         start = time.perf_counter()
-        status, raw, headers = await self._post(_CHAT_PATH, body, self._headers)
+        status, raw, headers = await self._post(_CHAT_PATH, body, sent)
         latency = time.perf_counter() - start
         if status >= 400:
             raise GenerationError(status, _error_message(status, raw))
@@ -78,6 +84,7 @@ class ChatGenerator:
             latency_s=latency,
             output_tokens=int(usage.get("completion_tokens") or 0),
             model_version=headers.get("x-llmops-model-version"),
+            request_id=headers.get("x-request-id") or request_id,
         )
 
     async def aclose(self) -> None:
@@ -98,13 +105,19 @@ class LazyGenerator:
         """Requests sent so far (0 when nothing was generated)."""
         return self._generator.calls if self._generator else 0
 
-    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> Generation:
+    @property
+    def base_url(self) -> Optional[str]:
+        """The gateway URL of the generator once created (None in-process or before the first request)."""
+        return self._generator.base_url if self._generator else None
+
+    async def chat(self, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                   request_id: Optional[str] = None) -> Generation:
         if self._generator is None:
             self._lock = self._lock or asyncio.Lock()
             async with self._lock:
                 if self._generator is None:
                     self._generator = await self._factory()
-        return await self._generator.chat(model, messages, params)
+        return await self._generator.chat(model, messages, params, request_id)
 
     async def aclose(self) -> None:
         if self._generator is not None:
@@ -140,7 +153,7 @@ async def gateway_generator(base_url: str, api_key: Optional[str] = None, timeou
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    return ChatGenerator(post, key, stack)
+    return ChatGenerator(post, key, stack, base_url=url)
 
 
 async def in_process_generator(config_path: Optional[str] = None) -> ChatGenerator:

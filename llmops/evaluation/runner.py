@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,88 +18,13 @@ import numpy as np
 from llmops.config import load_config
 from llmops.evaluation.cache import ResponseCache, cache_key
 from llmops.evaluation.generators import ChatGenerator, GenerationError, LazyGenerator
+from llmops.evaluation.results import EvalResult, ItemResult, ScorerSummary, summarise
 from llmops.evaluation.scorers import EvalError, Sample, Scorer, build_scorer
 from llmops.evaluation.suite import PromptSpec, SuiteConfig
 from llmops.jsonl import read_jsonl
 from llmops.registry.digest import json_digest
 
 __all__ = ["ItemResult", "ScorerSummary", "EvalResult", "load_suite", "load_items", "run_suite", "run_suite_async"]
-
-
-@dataclass
-class ItemResult:
-    """One item: its hashes, answers (one per repeat) and per-scorer scores averaged over repeats."""
-
-    item_id: str
-    item_hash: str
-    prompt_hash: str
-    row: dict[str, Any]
-    answers: list[str]
-    scores: dict[str, Optional[float]]
-    slices: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-
-@dataclass
-class ScorerSummary:
-    """Aggregate of one scorer over the measured items."""
-
-    name: str
-    mean: Optional[float]
-    ci_low: Optional[float]
-    ci_high: Optional[float]
-    measured: int
-    unmeasured: int
-    p50: Optional[float] = None
-    p95: Optional[float] = None
-    quality: bool = True
-    """False for raw measurements (latency in seconds, output tokens), which are not in [0, 1]."""
-
-    @property
-    def unmeasured_rate(self) -> float:
-        total = self.measured + self.unmeasured
-        return self.unmeasured / total if total else 0.0
-
-
-@dataclass
-class EvalResult:
-    """The outcome of one suite run on one model."""
-
-    suite: str
-    suite_version: str
-    model_ref: str
-    model_version: Optional[str]
-    prompt_ref: Optional[str]
-    items: list[ItemResult]
-    summaries: dict[str, ScorerSummary]
-    slices: dict[str, dict[str, dict[str, Optional[float]]]]
-    generated: int
-    cached: int
-    seconds: float
-
-    def scores(self, scorer: str) -> dict[str, Optional[float]]:
-        """item_id -> score for one scorer."""
-        return {item.item_id: item.scores.get(scorer) for item in self.items}
-
-    def summary_dict(self) -> dict[str, Any]:
-        """The JSON-ready summary (summary.json)."""
-        return {
-            "suite": self.suite,
-            "suite_version": self.suite_version,
-            "model": self.model_ref,
-            "model_version": self.model_version,
-            "prompt_version": self.prompt_ref,
-            "items": len(self.items),
-            "generated": self.generated,
-            "cached": self.cached,
-            "seconds": round(self.seconds, 3),
-            "scorers": {
-                k: {**{f: getattr(s, f) for f in ("mean", "ci_low", "ci_high", "measured", "unmeasured", "p50", "p95")},
-                    "unmeasured_rate": s.unmeasured_rate}
-                for k, s in self.summaries.items()
-            },
-            "slices": self.slices,
-        }
 
 
 def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SuiteConfig:
@@ -181,19 +107,6 @@ def _model_identity(model: str) -> tuple[dict[str, Any], Optional[str]]:
     return {"ref": version.ref, "digest": version.digest, "base_digest": version.tags.get("llmops.base_digest")}, version.ref
 
 
-def _summarise(name: str, values: list[Optional[float]], quality: bool) -> ScorerSummary:
-    measured = np.array([v for v in values if v is not None], dtype=float)
-    unmeasured = len(values) - len(measured)
-    if len(measured) == 0:
-        return ScorerSummary(name, None, None, None, 0, unmeasured, quality=quality)
-    mean = float(measured.mean())
-    rng = np.random.default_rng(0)
-    boot = measured[rng.integers(0, len(measured), size=(2000, len(measured)))].mean(axis=1) if len(measured) > 1 else np.array([mean])
-    low, high = (float(x) for x in np.quantile(boot, [0.025, 0.975]))
-    p50, p95 = (float(x) for x in np.quantile(measured, [0.5, 0.95]))
-    return ScorerSummary(name, mean, low, high, len(measured), unmeasured, p50, p95, quality)
-
-
 async def run_suite_async(
     suite: SuiteConfig,
     generator: "ChatGenerator | LazyGenerator",
@@ -226,24 +139,29 @@ async def run_suite_async(
     semaphore = asyncio.Semaphore(suite.concurrency)
     counts = {"generated": 0, "cached": 0}
     start = time.perf_counter()
+    run_token = uuid.uuid4().hex[:12]  # request ids unique to this run, so its gateway traces can be found
 
     async def one(item: _Prepared, repeat: int) -> Sample:
         key = cache_key(model=identity, prompt=prompt_ref, messages=item.prompt_hash, params=params, repeat=repeat,
                         suite_version=str(suite.version))
         hit = cache.get(key) if cacheable else None
         if hit is None:
+            request_id = f"llmops-eval-{run_token}-{item.item_hash}-{repeat}"
             async with semaphore:
                 try:
-                    generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat})
+                    generation = await generator.chat(model, item.messages, {**params, "seed": (params.get("seed") or 0) + repeat},
+                                                      request_id=request_id)
                 except GenerationError as error:
                     raise EvalError(f"generating with {model!r} failed: {error}") from None
-            hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens}
+            hit = {"text": generation.text, "latency_s": generation.latency_s, "output_tokens": generation.output_tokens,
+                   "request_id": generation.request_id or request_id}
             counts["generated"] += 1
             if cacheable:
                 cache.put(key, hit)
         else:
             counts["cached"] += 1
-        return Sample(item.row, item.prompt_text, hit["text"], hit["latency_s"], hit["output_tokens"])
+        return Sample(item.row, item.prompt_text, hit["text"], hit["latency_s"], hit["output_tokens"],
+                      {"request_id": hit.get("request_id", "")})
 
     tasks = [(item, repeat) for item in prepared for repeat in range(suite.repeats)]
     samples = await _gather_with_progress([one(i, r) for i, r in tasks], f"{suite.name} on {model}", progress)
@@ -254,12 +172,14 @@ async def run_suite_async(
         for scorer in scorers:
             values = [v for v in [await scorer.score(s) for s in repeats] if v is not None]
             scores[scorer.key] = float(np.mean(values)) if values else None
+        expected = {s.key: value for s in scorers if (value := s.expected(item.row)) is not None}
         items.append(ItemResult(item.item_id, item.item_hash, item.prompt_hash, item.row, [s.answer for s in repeats],
-                                scores, {k: item.row.get(k) for k in suite.slices}))
-    summaries = {s.key: _summarise(s.key, [i.scores[s.key] for i in items], s.is_quality) for s in scorers}
+                                scores, {k: item.row.get(k) for k in suite.slices},
+                                request_ids=[s.extra["request_id"] for s in repeats], expected=expected))
+    summaries = {s.key: summarise(s.key, [i.scores[s.key] for i in items], s.is_quality) for s in scorers}
     slices = {
         field_name: {
-            str(value): {s.key: _summarise(s.key, [i.scores[s.key] for i in items if i.slices.get(field_name) == value], s.is_quality).mean
+            str(value): {s.key: summarise(s.key, [i.scores[s.key] for i in items if i.slices.get(field_name) == value], s.is_quality).mean
                          for s in scorers}
             for value in sorted({i.slices.get(field_name) for i in items}, key=str)
         }
@@ -268,7 +188,7 @@ async def run_suite_async(
     if cache is not None:
         cache.close()
     return EvalResult(suite.name, str(suite.version), model, model_version, prompt_ref, items, summaries, slices,
-                      counts["generated"], counts["cached"], time.perf_counter() - start)
+                      counts["generated"], counts["cached"], time.perf_counter() - start, getattr(generator, "base_url", None))
 
 
 async def _gather_with_progress(coroutines: list, description: str, progress: bool) -> list:

@@ -1,4 +1,4 @@
-"""Paired statistics for the promotion gate: bootstrap intervals, exact McNemar, Holm.
+"""Paired statistics for the promotion gate: exact McNemar and Holm (intervals live in `intervals`).
 
 Candidate and baseline are scored on the same items, so the gate works on per-item differences
 d_i = candidate_i - baseline_i. Pairing removes the between-item variance that an unpaired test
@@ -7,64 +7,9 @@ d_i = candidate_i - baseline_i. Pairing removes the between-item variance that a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["BootstrapResult", "paired_bootstrap", "mcnemar_exact", "holm_adjust", "is_binary"]
-
-_CHUNK_ELEMENTS = 4_000_000  # bootstrap index matrices are built in chunks of about this many entries
-
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    """Mean paired difference with a percentile bootstrap interval and a one-sided p-value."""
-
-    mean: float
-    low: float
-    high: float
-    level: float
-    p_below_margin: float
-    """Bootstrap p-value of H0 "mean difference >= -margin" against "candidate is worse by more than the margin"."""
-    iterations: int
-
-
-def _bootstrap_means(diffs: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    n = len(diffs)
-    means = np.empty(iterations)
-    chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, iterations, chunk):
-        stop = min(iterations, start + chunk)
-        index = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = diffs[index].mean(axis=1)
-    return means
-
-
-def paired_bootstrap(
-    candidate: np.ndarray,
-    baseline: np.ndarray,
-    alpha: float = 0.05,
-    margin: float = 0.0,
-    iterations: int = 10_000,
-    seed: int = 0,
-) -> BootstrapResult:
-    """Percentile bootstrap of the mean of candidate - baseline over items.
-
-    The interval is two-sided at level 1 - 2*alpha, so each bound is a one-sided (1 - alpha)
-    confidence bound: `low > -margin` shows non-inferiority at level alpha.
-
-    Raises:
-        ValueError: the arrays differ in length or are empty.
-    """
-    candidate = np.asarray(candidate, dtype=float)
-    baseline = np.asarray(baseline, dtype=float)
-    if candidate.shape != baseline.shape or candidate.ndim != 1 or len(candidate) == 0:
-        raise ValueError("candidate and baseline need the same, non-zero number of paired items")
-    diffs = candidate - baseline
-    means = _bootstrap_means(diffs, iterations, np.random.default_rng(seed))
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    p_below = (1 + np.count_nonzero(means >= -margin)) / (iterations + 1)
-    return BootstrapResult(float(diffs.mean()), float(low), float(high), 1 - 2 * alpha, float(p_below), iterations)
+__all__ = ["mcnemar_exact", "holm_adjust", "is_binary"]
 
 
 def mcnemar_exact(candidate: np.ndarray, baseline: np.ndarray, alternative: str = "two-sided") -> tuple[int, int, float]:

@@ -14,76 +14,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from llmops.config import ConfigModel, ConfigPath
+from llmops.evaluation.scorers import ScorerOptions, validate_scorer_options
 
-__all__ = ["SuiteConfig", "ScorerConfig", "GateConfig", "HardLimit", "PromptSpec", "GenerationParams", "SCORER_TYPES"]
+__all__ = ["SuiteConfig", "ScorerConfig", "GateConfig", "HardLimit", "SliceGate", "PromptSpec", "GenerationParams"]
 
-SCORER_TYPES = (
-    "exact_match", "contains", "not_contains", "regex", "json_valid", "json_schema", "rouge_l", "bleu", "chrf",
-    "embedding_similarity", "llm_judge", "latency", "output_tokens",
-)
-"""Built-in scorer types; any `module:function` is a custom scorer."""
-
-
-class ScorerConfig(ConfigModel):
-    """One scorer. `expected` and `value` are Jinja templates over the dataset row (`{{ answer }}`)."""
-
-    type: str
-    """Scorer type: exact_match, contains, not_contains, regex, json_valid, json_schema, rouge_l, bleu,
-    chrf, embedding_similarity, llm_judge, latency, output_tokens, or `module:function` for a custom one."""
-    name: Optional[str] = None
-    """Name in reports and in the gate (default: the type)."""
-    expected: Optional[str] = None
-    """The reference answer, a template over the row, e.g. "{{ capital }}"."""
-    value: Optional[str] = None
-    """A fixed string or pattern (contains, not_contains, regex)."""
-    ignore_case: bool = True
-    """exact_match/contains/regex: compare case-insensitively."""
-    ignore_punctuation: bool = True
-    """exact_match: drop punctuation before comparing."""
-    strip: bool = True
-    """exact_match: trim white space; compare the first line only when `first_line` is set."""
-    first_line: bool = True
-    """exact_match/contains: look at the first non-empty line of the answer only."""
-    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
-    """json_schema: the JSON schema the answer must satisfy."""
-    threshold: Optional[float] = None
-    """embedding_similarity/rouge_l: score 1 at or above it, 0 below (else the raw similarity)."""
-    judge_model: Optional[str] = None
-    """llm_judge: the judge model ref, served by the same engine or gateway."""
-    rubric: Optional[str] = None
-    """llm_judge: the rubric; it sees {{ question }}, {{ answer }} and {{ expected }}."""
-
-    @property
-    def key(self) -> str:
-        """The scorer's name in results."""
-        return self.name or self.type
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str) -> str:
-        if value in SCORER_TYPES or ":" in value:
-            return value
-        import difflib
-
-        close = difflib.get_close_matches(value, SCORER_TYPES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(SCORER_TYPES)}, or module:function)"
-        raise ValueError(f"unknown scorer {value!r}{hint}")
-
-    @model_validator(mode="after")
-    def _needs(self) -> "ScorerConfig":
-        needs = {
-            "exact_match": "expected", "rouge_l": "expected", "bleu": "expected", "chrf": "expected",
-            "embedding_similarity": "expected", "contains": "value", "not_contains": "value", "regex": "value",
-            "json_schema": "schema_", "llm_judge": "judge_model",
-        }.get(self.type)
-        if needs and getattr(self, needs) is None:
-            raise ValueError(f"scorer {self.key!r} of type {self.type} needs `{needs.rstrip('_')}`")
-        return self
+ScorerConfig = Annotated[ScorerOptions, PlainValidator(validate_scorer_options)]
+"""One scorer: `type:` picks a registered scorer class (`llmops.evaluation.scorers`), whose own option
+model validates the other keys; `module:function` is a custom scorer."""
 
 
 class GenerationParams(ConfigModel):
@@ -135,6 +77,8 @@ class SliceGate(ConfigModel):
     """Slices with fewer items are reported but not tested."""
     margin: Optional[float] = None
     """Non-inferiority margin per slice (default: the gate's margin)."""
+    test_missing: bool = False
+    """Also test the items that lack a slice field as a slice of their own (default: only report them)."""
 
 
 class GateConfig(ConfigModel):
@@ -145,13 +89,14 @@ class GateConfig(ConfigModel):
     margin: float = Field(0.02, ge=0)
     """Non-inferiority margin: the candidate may be at most this much worse on the primary scorer."""
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    """Error rate of each one-sided decision."""
+    """Error rate of each one-sided decision (per side): 0.05 gives a 90% two-sided interval whose lower
+    bound decides `pass` and whose upper bound decides `fail`, each wrong at most 5% of the time."""
     min_items: int = Field(20, ge=1)
     """With fewer paired items the verdict is `investigate`."""
     min_score: Optional[float] = None
     """Absolute floor for the candidate's primary mean (applies with or without a baseline)."""
-    bootstrap_iterations: int = Field(10_000, ge=100)
     seed: int = 0
+    """Seed of the item orders the betting bound averages over (non-binary scores), for repeatable verdicts."""
     slices: Optional[SliceGate] = None
     hard: list[HardLimit] = []
 
@@ -186,7 +131,7 @@ class SuiteConfig(ConfigModel):
 
     @field_validator("scorers")
     @classmethod
-    def _unique_names(cls, scorers: list[ScorerConfig]) -> list[ScorerConfig]:
+    def _unique_names(cls, scorers: list[ScorerOptions]) -> list[ScorerOptions]:
         keys = [s.key for s in scorers]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from llmops.evaluation.runner import EvalResult
+from llmops.evaluation.results import EvalResult
 
 __all__ = ["log_eval_run", "EVAL_EXPERIMENT"]
 
@@ -50,6 +50,7 @@ def log_eval_run(result: EvalResult, paths: Optional[dict[str, Path]] = None, ro
         client.log_artifact(run_id, str(path))
     if gate is not None:
         client.set_tag(run_id, "llmops.gate.verdict", gate["verdict"])
+    _log_for_mlflow_ui(result, run_id, run.info.experiment_id)
     retry_locked(client.set_terminated)(run_id)
     if result.model_version:
         evidence = {f"llmops.eval.{result.suite}.{k}": f"{s.mean:.4f}" for k, s in result.summaries.items() if s.mean is not None}
@@ -57,6 +58,22 @@ def log_eval_run(result: EvalResult, paths: Optional[dict[str, Path]] = None, ro
         tag_model_version(result.model_version, evidence)
     _log_to_langsmith(result, run_id)
     return run_id
+
+
+def _log_for_mlflow_ui(result: EvalResult, run_id: str, experiment_id: str) -> None:
+    """Dataset, per-item traces and assessments (see `mlflow_eval`). The scores above are already
+    logged, so a failure here is a warning and a run tag, not a lost evaluation."""
+    from llmops.registry.store import configure
+
+    try:
+        from llmops.evaluation.mlflow_eval import log_eval_to_mlflow_ui
+
+        logged = log_eval_to_mlflow_ui(result, run_id, experiment_id)
+        configure().set_tag(run_id, "llmops.mlflow_dataset_id", logged.dataset_id)
+    except Exception as error:  # noqa: BLE001 - any store error must not lose the scored run
+        logging.getLogger(__name__).warning("eval run %s: could not log items for MLflow's evaluation views: %s",
+                                            run_id, error)
+        configure().set_tag(run_id, "llmops.mlflow_ui_error", str(error)[:500])
 
 
 def _log_to_langsmith(result: EvalResult, run_id: str) -> None:
