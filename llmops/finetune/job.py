@@ -184,13 +184,15 @@ class _LossComputer:
 # ------------------------------------------------------------------------------------------------ job
 
 
-def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console: Any = None) -> FinetuneResult:
+def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console: Any = None,
+                 extra_tags: Optional[dict[str, str]] = None) -> FinetuneResult:
     """Run the fine-tune of `config_path` in this process (one rank of a launch, or the only one).
 
     Args:
         config_path: the YAML config.
         overrides: `key.sub=value` overrides.
         console: a rich console for the progress bar (rank 0); default stderr.
+        extra_tags: more tags for the registered version (`llmops reproduce` adds `llmops.reproduces`).
 
     Returns:
         The result (on every rank; `version` is set on rank 0 when registered).
@@ -200,12 +202,13 @@ def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console
     """
     config_path = Path(config_path)
     config = load_finetune_config(config_path, overrides)
-    return _Job(config, config_path, console).run()
+    return _Job(config, config_path, console, extra_tags).run()
 
 
 class _Job:
-    def __init__(self, config: FinetuneConfig, config_path: Path, console: Any):
+    def __init__(self, config: FinetuneConfig, config_path: Path, console: Any, extra_tags: Optional[dict[str, str]] = None):
         self.config = config
+        self.extra_tags = dict(extra_tags or {})
         self.config_path = config_path
         self.console = console
         self.run_dir = run_dir_of(config)
@@ -570,6 +573,10 @@ class _Job:
         }
         if result.eval_loss is not None:
             tags["llmops.eval_loss"] = f"{result.eval_loss:.6g}"
+        from llmops.lineage.record import dataset_lineage_tags
+
+        tags.update(dataset_lineage_tags(data.fingerprint))  # data path, digest, DVC pointer
+        tags.update(self.extra_tags)
         tracker.flush()
         version = register_adapter(
             config.model_name,
