@@ -44,7 +44,10 @@ def reproduce(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from llmops.lineage.reproduce import reproduce_version
 
-    report = reproduce_version(ref, out=out, suite=suite, progress=console.status)
+    from rich.console import Console
+
+    progress = Console(stderr=True, highlight=False)
+    report = reproduce_version(ref, out=out, suite=suite, say=lambda line: progress.print(line, markup=False))
     if as_json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -123,7 +123,7 @@ class Gateway:
         if self.tracer is not None:
             ctx.trace = self.tracer.begin(endpoint)
             if ctx.trace is not None:
-                ctx.trace.attributes["llmops.request_id"] = request_id
+                ctx.trace.set_tag("llmops.request_id", request_id)  # a tag: searchable on every store
                 ctx.headers["x-llmops-trace-id"] = ctx.trace.trace_id
         return ctx
 

@@ -389,7 +389,8 @@ class UpstreamProxy:
         latency = time.perf_counter() - arrival
         trace.start_ns = trace.end_ns = time.time_ns()
         trace.start_ns -= int(latency * 1e9)
-        trace.attributes.update({"llmops.request_id": request_id, "llmops.status": status,
+        trace.set_tag("llmops.request_id", request_id)  # a tag: searchable on every store (`llmops lineage`)
+        trace.attributes.update({"llmops.status": status,
                                  "llmops.latency_ms": round(latency * 1000, 3),
                                  "llmops.time_to_first_token_ms": None if ttft is None else round(ttft * 1000, 3)})
         if key_id is not None:
