@@ -1,0 +1,204 @@
+"""`llmops lineage` and `llmops reproduce` on the real quickstart: the chain from a served answer (its
+x-request-id or trace id) back to base, data, config, prompt, run and gate evidence; a bit-exact rebuild
+of quickstart/1; refusals that name the digest that differs and what the file holds now."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPITALS = ROOT / "llmops" / "data" / "capitals.jsonl"
+
+
+def _env(workdir: Path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="250", PYTHONUNBUFFERED="1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def llmops(workdir: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    """The real console entry point, in `workdir` on its store."""
+    done = subprocess.run([sys.executable, "-m", "llmops", *map(str, args)], cwd=workdir, env=_env(workdir),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> Path:
+    """A finished `llmops quickstart` (quickstart/1 promoted to production through the gate)."""
+    workdir = tmp_path_factory.mktemp("lineage") / "qs"
+    env = {k: v for k, v in _env(workdir).items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-m", "llmops", "quickstart", "--workdir", str(workdir)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "promoted to quickstart@production" in done.stdout
+    return workdir
+
+
+@pytest.fixture
+def on_store(quickstart, monkeypatch):
+    """This process pointed at the quickstart's store."""
+    monkeypatch.chdir(quickstart)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{quickstart / 'mlflow.db'}")
+    return quickstart
+
+
+@pytest.mark.slow
+def test_lineage_of_production_shows_the_whole_chain(on_store):
+    from llmops.registry import resolve_model_ref
+    from llmops.registry.digest import file_digest
+
+    data = json.loads(llmops(on_store, "lineage", "quickstart@production", "--json").stdout)
+    version, base = resolve_model_ref("quickstart/1"), resolve_model_ref("tiny/1")
+    assert data["model"]["ref"] == "quickstart/1" and "production" in data["model"]["aliases"]
+    assert data["base"]["ref"] == "tiny/1" and data["base"]["digest"] == base.digest
+    assert data["base"]["state"] == "unchanged" and data["base"]["source"] == str(on_store / "tiny")
+    train = data["datasets"]["train"]
+    assert train["path"] == str(CAPITALS) and train["digest"] == file_digest(CAPITALS) and train["rows"] == 100
+    assert train["state"] == "unchanged" and train["dvc"] is None
+    assert data["config"]["digest"] == version.tags["llmops.config_digest"]
+    assert "seed: 0" in data["config"]["yaml"] and data["config"]["summary"]["lr"] == 0.005
+    assert data["prompt"]["ref"] == "capitals-qa/1" and "{{ country }}" in data["prompt"]["template"]
+    run = data["run"]
+    assert run["run_id"] == version.run_id and run["status"] == "FINISHED" and run["metrics"]["loss"] < 0.5
+    assert run["git_commit"] and run["train_steps"] == "300"
+    production = next(e for e in data["evidence"] if e["alias"] == "production")
+    assert production["evidence"]["verdict"] == "pass" and production["evidence"]["suite"] == "quickstart"
+    gate_run = production["eval_runs"]["candidate"]
+    assert gate_run["metrics"]["correct.mean"] >= 0.9 and gate_run["verdict"] == "pass"
+    assert [(e["alias"], e["to_version"]) for e in data["alias_history"]] == [("candidate", 1), ("production", 1)]
+
+    tree = llmops(on_store, "lineage", "quickstart@production").stdout
+    for shown in ("quickstart/1", f"base  tiny/1  {base.digest[:19]}", str(CAPITALS), train["digest"][:19],
+                  "prompt  capitals-qa/1", f"fine-tune run  {version.run_id}", "gate pass on suite quickstart",
+                  "correct.mean", "alias history", "production: (none) -> 1"):
+        assert shown in tree, shown
+
+
+@pytest.mark.slow
+def test_request_id_and_trace_id_lead_to_the_serving_version(on_store):
+    from openai import OpenAI
+
+    from llmops.gateway.app import create_app
+    from llmops.gateway.config import GatewayConfig
+    from llmops.gateway.server import BackgroundServer
+
+    with BackgroundServer(create_app(GatewayConfig())) as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="test")
+        raw = client.chat.completions.with_raw_response.create(
+            model="quickstart@production", messages=[], max_tokens=4, temperature=0,
+            extra_body={"prompt": "capitals-qa@production", "variables": {"country": "Chile"}})
+        chosen = client.chat.completions.with_raw_response.create(
+            model="quickstart@production", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            extra_headers={"x-request-id": "client-chosen-id-42"})
+    request_id, trace_id = raw.headers["x-request-id"], raw.headers["x-llmops-trace-id"]
+    by_request = json.loads(llmops(on_store, "lineage", "--request-id", request_id, "--json").stdout)
+    assert by_request["model"]["ref"] == "quickstart/1"
+    assert by_request["trace"]["trace_id"] == trace_id and by_request["trace"]["prompt_version"] == "capitals-qa/1"
+    assert by_request["base"]["digest"] and by_request["datasets"]["train"]["digest"]
+    by_trace = json.loads(llmops(on_store, "lineage", "--trace-id", trace_id, "--json").stdout)
+    assert by_trace["model"]["ref"] == "quickstart/1" and by_trace["trace"]["request_id"] == request_id
+    assert chosen.headers["x-request-id"] == "client-chosen-id-42"
+    tree = llmops(on_store, "lineage", "--request-id", "client-chosen-id-42").stdout
+    assert "served answer" in tree and "quickstart@production -> quickstart/1" in tree
+
+    missing = llmops(on_store, "lineage", "--request-id", "no-such-request", expect=1)
+    assert missing.stderr.startswith("error: no trace has request id 'no-such-request'")
+    hostile = llmops(on_store, "lineage", "--request-id", "x' OR '1'='1", expect=1)
+    assert "invalid request id" in hostile.stderr and "Traceback" not in hostile.stderr
+    both = llmops(on_store, "lineage", "quickstart/1", "--trace-id", trace_id, expect=1)
+    assert "exactly one of" in both.stderr
+
+
+@pytest.mark.slow
+def test_reproduce_quickstart_is_bit_exact_and_tagged(on_store):
+    from llmops.registry import resolve_model_ref
+
+    out = llmops(on_store, "reproduce", "quickstart/1").stdout
+    assert "reproduced quickstart/1 as quickstart/2" in out
+    assert "verdict     bit-exact" in out and "loss curve identical over 300 logged steps" in out
+    assert "adapter_model.safetensors identical" in out
+    assert "correct     1.0000 -> 1.0000  (Δ +0.0000" in out or "(Δ +0.0000, primary score" in out
+    again = resolve_model_ref("quickstart/2")
+    assert again.tags["llmops.reproduces"] == "quickstart/1" and again.aliases == ()
+    assert again.tags["llmops.prompt_version"] == "capitals-qa/1" and again.base == "tiny/1"
+    assert again.tags["llmops.data.train.digest"] == resolve_model_ref("quickstart/1").tags.get(
+        "llmops.data.train.digest", again.tags["llmops.data.train.digest"])
+    assert resolve_model_ref("quickstart@production").version == 1  # a reproduction moves no alias
+    shown = json.loads(llmops(on_store, "lineage", "quickstart/2", "--json").stdout)
+    assert shown["model"]["reproduces"] == "quickstart/1"
+
+
+# ------------------------------------------------------------------ refusals (no quickstart needed)
+
+
+def _config(folder: Path, train: Path, base: str = "tiny", steps: int = 6) -> Path:
+    import yaml
+
+    config = {
+        "name": "lin", "model": {"base": base},
+        "adapter": {"r": 4, "alpha": 8},
+        "data": {"train": str(train), "template": "What is the capital of {{ country }}?",
+                 "completion_field": "capital", "loss_on": "completion", "max_seq_len": 64},
+        "training": {"max_steps": steps, "lr": 5e-3, "batch_size": 8, "seed": 3, "cpu_threads": 1},
+        "register": {"name": "lin", "alias": "candidate"},
+        "checkpoint": {"dir": str(folder / "run")},
+    }
+    path = folder / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _versions(name: str) -> list[int]:
+    from llmops.registry.store import configure
+
+    return sorted(int(v.version) for v in configure().search_model_versions(f"name='{name}'"))
+
+
+def test_an_edited_dataset_or_base_is_refused_naming_both_digests(store, tiny_model_path, tmp_path):
+    from typer.testing import CliRunner
+
+    from llmops.cli import app
+    from llmops.finetune.job import run_finetune
+    from llmops.registry import register_base_model
+    from llmops.registry.digest import file_digest, tree_digest
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_path, base)
+    register_base_model("tiny", base)
+    train = tmp_path / "train.jsonl"
+    shutil.copy(CAPITALS, train)
+    run_finetune(_config(tmp_path, train))
+    recorded = file_digest(train)
+    lines = train.read_text().splitlines()
+    lines[5] = lines[5].replace('"capital": "', '"capital": "X')  # one row edited
+    train.write_text("\n".join(lines) + "\n")
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["reproduce", "lin/1", "--out", str(tmp_path / "again")])
+    assert refused.exit_code == 1
+    message = refused.output.strip().splitlines()[-1]
+    assert message.startswith("error: dataset changed: lin/1 was trained on data.train")
+    assert recorded in message and file_digest(train) in message and "100 rows" in message
+    assert _versions("lin") == [1] and not (tmp_path / "again" / "adapter").exists()
+
+    shutil.copy(CAPITALS, train)
+    registered = tree_digest(base)
+    with (base / "config.json").open("a") as handle:
+        handle.write("\n")
+    refused = runner.invoke(app, ["reproduce", "lin/1", "--out", str(tmp_path / "again2")])
+    assert refused.exit_code == 1
+    assert f"base changed: lin/1 was trained on tiny/1 with digest {registered}" in refused.output
+    assert tree_digest(base) in refused.output and _versions("lin") == [1]
+
+    not_adapter = runner.invoke(app, ["reproduce", "tiny/1"])
+    assert not_adapter.exit_code == 1 and "is a base model" in not_adapter.output
