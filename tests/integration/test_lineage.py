@@ -202,3 +202,101 @@ def test_an_edited_dataset_or_base_is_refused_naming_both_digests(store, tiny_mo
 
     not_adapter = runner.invoke(app, ["reproduce", "tiny/1"])
     assert not_adapter.exit_code == 1 and "is a base model" in not_adapter.output
+
+
+# ------------------------------------------------------------------------------- DVC-tracked data
+
+
+def _run(folder: Path, *command: str) -> str:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    done = subprocess.run(list(command), cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _dvc(folder: Path, *args: str) -> str:
+    return _run(folder, sys.executable, "-m", "dvc", *args)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path) -> Path:
+    """A Git + DVC repository whose data/capitals.jsonl is `dvc add`ed, pushed to a local remote, committed."""
+    pytest.importorskip("dvc")
+    repo, remote = tmp_path / "repo", tmp_path / "dvc-remote"
+    (repo / "data").mkdir(parents=True)
+    remote.mkdir()
+    _run(repo, "git", "init", "-q")
+    _dvc(repo, "init", "-q")
+    shutil.copy(CAPITALS, repo / "data" / "capitals.jsonl")
+    _dvc(repo, "add", "-q", "data/capitals.jsonl")
+    _dvc(repo, "remote", "add", "-d", "storage", str(remote))
+    _dvc(repo, "push", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "data v1")
+    return repo
+
+
+def test_dvc_tracked_dataset_is_recorded_fetched_back_and_checked(store, tiny_model_path, dvc_repo, tmp_path):
+    from llmops.finetune.job import run_finetune
+    from llmops.lineage import LineageError
+    from llmops.lineage.dvc import md5_of
+    from llmops.lineage.render import lineage_tree
+    from llmops.lineage.reproduce import reproduce_version
+    from llmops.lineage.walk import walk_lineage
+    from llmops.registry import register_base_model, resolve_model_ref
+
+    register_base_model("tiny", tiny_model_path)
+    train = dvc_repo / "data" / "capitals.jsonl"
+    md5 = md5_of(train)
+    run_finetune(_config(tmp_path, train))
+    head = _run(dvc_repo, "git", "rev-parse", "HEAD").strip()
+    tags = resolve_model_ref("lin/1").tags
+    assert tags["llmops.data.train.dvc.md5"] == md5 and tags["llmops.data.train.dvc.rev"] == head
+    assert tags["llmops.data.train.dvc.pointer"] == "data/capitals.jsonl.dvc"
+    assert tags["llmops.data.train.dvc.remote"] == f"storage {tmp_path / 'dvc-remote'}"
+    lineage = walk_lineage("lin/1")
+    assert lineage["datasets"]["train"]["dvc"]["md5"] == md5 and lineage["datasets"]["train"]["state"] == "unchanged"
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(lineage_tree(lineage))
+    assert f"DVC  md5 {md5}  pointer data/capitals.jsonl.dvc" in console.export_text()
+
+    # The local copy and the cache are gone: DVC pulls the recorded version back from the remote.
+    train.unlink()
+    shutil.rmtree(dvc_repo / ".dvc" / "cache")
+    report = reproduce_version("lin/1", out=tmp_path / "r1")
+    data_check = next(c for c in report.checks if c.name == "data.train")
+    assert "dvc pull from remote storage" in data_check.how and md5_of(train) == md5
+    assert report.reproduction == "lin/2" and report.verdict == "bit-exact" and report.weights_identical
+
+    # Edited in place (the pointer still names the recorded version): refused, with the way back.
+    train.write_text(train.read_text().replace('"capital": "Paris"', '"capital": "Lyon"'))
+    with pytest.raises(LineageError) as refused:
+        reproduce_version("lin/1", out=tmp_path / "r2")
+    message = str(refused.value)
+    assert message.startswith("dataset changed: lin/1 was trained on data.train")
+    assert tags["llmops.data.train.digest"] in message and "dvc checkout data/capitals.jsonl.dvc" in message
+    assert not (tmp_path / "r2" / "adapter").exists()
+
+    # The edit became data v2 (dvc add + commit): the recorded v1 is read at its Git revision instead.
+    _dvc(dvc_repo, "add", "-q", "data/capitals.jsonl")
+    _run(dvc_repo, "git", "commit", "-qam", "data v2")
+    edited = md5_of(train)
+    report = reproduce_version("lin/1", out=tmp_path / "r3")
+    data_check = next(c for c in report.checks if c.name == "data.train")
+    assert f"dvc.api.read at revision {head[:12]}" in data_check.how and report.verdict == "bit-exact"
+    assert md5_of(train) == edited  # the workspace keeps v2
+
+
+def test_a_dvc_stage_output_is_recognised_through_dvc_lock(dvc_repo):
+    from llmops.lineage.dvc import find_dvc_dataset, md5_of
+
+    _dvc(dvc_repo, "stage", "add", "-q", "-n", "subset", "-d", "data/capitals.jsonl", "-o", "data/subset.jsonl",
+         "head -n 20 data/capitals.jsonl > data/subset.jsonl")
+    _dvc(dvc_repo, "repro", "-q")
+    found = find_dvc_dataset(dvc_repo / "data" / "subset.jsonl")
+    assert found is not None and found.pointer == "dvc.lock" and found.md5 == md5_of(dvc_repo / "data" / "subset.jsonl")
+    assert found.rev is None  # dvc.lock is not committed yet, so no revision holds this version
+    assert find_dvc_dataset(dvc_repo / "dvc.yaml") is None  # in the repository, but not a DVC output
