@@ -178,8 +178,8 @@ def reproduce_version(ref: str, out: Optional[Path] = None, suite: Optional[Path
         raise LineageError(f"{version.ref} was trained by {world} processes; reproduce rebuilds in one process, "
                            "which would change the global batch")
     out = Path(out).resolve() if out else default_out_dir(version.name, version.version)
-    if out.exists() and any(out.iterdir()):
-        raise LineageError(f"--out {out} is not empty; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LineageError(f"--out {out} is not an empty folder; give a new one")
     say(f"checking the lineage of {version.ref}")
     checks = check_inputs(version, config, fingerprint, out / "data")
     config["checkpoint"] = {**(config.get("checkpoint") or {}), "dir": str(out), "resume": "never"}

@@ -145,20 +145,20 @@ def find_trace(trace_id: Optional[str] = None, request_id: Optional[str] = None)
     Raises:
         LineageError: no such trace, or an id that cannot be searched for.
     """
+    for value, what in ((trace_id, "trace id"), (request_id, "request id")):
+        if value is not None and not _SAFE_ID.match(value):
+            raise LineageError(f"invalid {what} {value!r}: letters, digits and . _ : / + = - only, at most 128 "
+                               "characters (a trace id looks like tr-<32 hex digits>)")
     import mlflow
 
     client = _client()
     if trace_id is not None:
-        if not _SAFE_ID.match(trace_id):
-            raise LineageError(f"invalid trace id {trace_id!r}: expected tr-<32 hex digits>")
         trace = mlflow.get_trace(trace_id, silent=True)
         if trace is None:
             raise LineageError(f"no trace {trace_id!r} in the store at {mlflow.get_tracking_uri()}")
         return _to_record(trace)
     if request_id is None:
         raise LineageError("give a trace id or a request id")
-    if not _SAFE_ID.match(request_id):
-        raise LineageError(f"invalid request id {request_id!r}: letters, digits and . _ : / + = - only, at most 128")
     locations = _experiment_ids(client)
     found: list[Any] = []
     for condition in (f"trace.client_request_id = '{request_id}'", f"tags.`llmops.request_id` = '{request_id}'"):
