@@ -16,9 +16,10 @@ essentials visible and searchable in MLflow's UI without downloading it.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["SPLITS", "dataset_lineage_tags", "split_prefix"]
+__all__ = ["SPLITS", "dataset_lineage_tags", "file_lineage_tags", "split_prefix"]
 
 SPLITS = ("train", "eval")
 _log = logging.getLogger(__name__)
@@ -29,28 +30,39 @@ def split_prefix(split: str) -> str:
     return f"llmops.data.{split}"
 
 
-def dataset_lineage_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
-    """Lineage tags for the splits of a fine-tune's data fingerprint (`PreparedData.fingerprint`).
+def file_lineage_tags(path: str, prefix: str, digest: str | None = None, rows: Any = None) -> dict[str, str]:
+    """`<prefix>.path`, `.digest`, `.rows` and, when DVC tracks the file, `<prefix>.dvc.*`.
 
     Never raises: a DVC repository that cannot be read is logged and left out, because losing a
-    trained adapter over a lineage detail would be worse than a missing pointer.
+    trained adapter (or an eval run) over a lineage detail would be worse than a missing pointer.
     """
     from llmops.lineage.dvc import find_dvc_dataset
+    from llmops.registry.digest import file_digest
 
+    tags = {f"{prefix}.path": str(path)}
+    if digest is None and Path(path).is_file():
+        digest = file_digest(path)
+    if digest:
+        tags[f"{prefix}.digest"] = str(digest)
+    if rows is not None:
+        tags[f"{prefix}.rows"] = str(rows)
+    try:
+        tracked = find_dvc_dataset(path)
+    except Exception as error:
+        _log.warning("could not read the DVC record of %s (lineage left without it): %s", path, error)
+        return tags
+    if tracked is not None:
+        tags.update(tracked.tags(prefix))
+    return tags
+
+
+def dataset_lineage_tags(fingerprint: Mapping[str, Any]) -> dict[str, str]:
+    """Lineage tags for the splits of a fine-tune's data fingerprint (`PreparedData.fingerprint`); never raises."""
     tags: dict[str, str] = {}
     for split in SPLITS:
         split_print = fingerprint.get(split)
         if not isinstance(split_print, Mapping) or not split_print.get("file"):
             continue
-        prefix = split_prefix(split)
-        tags[f"{prefix}.path"] = str(split_print["file"])
-        tags[f"{prefix}.digest"] = str(split_print.get("file_digest", ""))
-        tags[f"{prefix}.rows"] = str(split_print.get("rows", ""))
-        try:
-            tracked = find_dvc_dataset(split_print["file"])
-        except Exception as error:
-            _log.warning("could not read the DVC record of %s (lineage left without it): %s", split_print["file"], error)
-            continue
-        if tracked is not None:
-            tags.update(tracked.tags(prefix))
+        tags.update(file_lineage_tags(str(split_print["file"]), split_prefix(split),
+                                      split_print.get("file_digest") or None, split_print.get("rows")))
     return tags

@@ -131,6 +131,12 @@ def _event_node(parent: Any, event: dict[str, Any]) -> None:
                  + compared + ("  [red]forced[/red]" if found.get("forced") else ""))
     elif found:
         node.add("evidence " + ", ".join(f"{k}={_esc(v)}" for k, v in sorted(found.items())))
+    data = event.get("suite_data")
+    if data:
+        digest = data.get("digest") or data.get("now")
+        when = "" if data.get("recorded") else " (now)"
+        node.add(f"suite {_esc(data.get('suite') or '-')}  dataset {_esc(data['path'])}  {_short(digest)}{when}{_state(data)}"
+                 + (f"  DVC md5 {data['dvc']['md5']}" if data.get("dvc") else ""))
     for role, run in (event.get("eval_runs") or {}).items():
         if run is None:
             node.add(f"[yellow]{role} eval run is not in the store[/yellow]")
