@@ -157,7 +157,7 @@ def compare_runs(original: Any, reproduction: Any, result: Any, checks: list[Inp
     report.loss_steps = len(new_curve)
     report.loss_curve_identical = bool(old_curve) and old_curve == new_curve
     if old_curve and len(old_curve) == len(new_curve):
-        report.loss_max_abs_diff = max(abs(a - b) for a, b in zip(old_curve, new_curve))
+        report.loss_max_abs_diff = max(abs(a - b) for a, b in zip(old_curve, new_curve, strict=True))
     report.weights_identical, report.weights_digest = _weights(original, out)
     _scores(report, original, reproduction, suite_path)
     score_delta = (None if report.score_original is None or report.score_reproduced is None

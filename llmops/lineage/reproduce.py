@@ -54,7 +54,7 @@ def _load_recorded(version: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _check_base(version: Any) -> InputCheck:
     from llmops.errors import NotFoundError
-    from llmops.lineage.walk import base_state
+    from llmops.lineage.state import base_state
     from llmops.registry import resolve_model_ref
 
     base_ref, recorded = version.base, version.tags.get("llmops.base_digest")
@@ -77,7 +77,7 @@ def _check_base(version: Any) -> InputCheck:
 
 def _check_dataset(version: Any, split: str, printed: dict[str, Any], data_dir: Path) -> Optional[InputCheck]:
     from llmops.lineage.dvc import DvcDataset, WorkspaceEdited, materialise
-    from llmops.lineage.walk import dataset_state
+    from llmops.lineage.state import dataset_state
     from llmops.registry.digest import file_digest
 
     prefix = split_prefix(split)
@@ -194,7 +194,10 @@ def reproduce_version(ref: str, out: Optional[Path] = None, suite: Optional[Path
     say(f"inputs match their records; training with seed {seed} from {config_path}")
     from llmops.finetune.job import run_finetune
 
-    result = run_finetune(config_path, extra_tags={TAG_REPRODUCES: version.ref})
+    # A dataset read back at its recorded Git revision trains from a copy in the run folder; its DVC
+    # record is still the original's, so the reproduction carries that one.
+    dvc_record = {k: v for k, v in version.tags.items() if k.startswith("llmops.data.") and ".dvc." in k}
+    result = run_finetune(config_path, extra_tags={**dvc_record, TAG_REPRODUCES: version.ref})
     reproduction = resolve_model_ref(result.version)
     say(f"registered {reproduction.ref}; comparing with {version.ref}")
     return compare_runs(version, reproduction, result, checks, seed, out, suite)

@@ -12,13 +12,13 @@ MLflow tracking APIs (`runs.py`), so it works on every store the registry suppor
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 from llmops.lineage import TAG_REPRODUCES, LineageError
 from llmops.lineage.record import SPLITS, split_prefix
+from llmops.lineage.state import base_state, dataset_state
 
-__all__ = ["walk_lineage", "dataset_state", "base_state"]
+__all__ = ["walk_lineage"]
 
 _CONFIG_ARTIFACT = "config.yaml"
 _DATASET_ARTIFACT = "dataset.json"
@@ -63,8 +63,10 @@ def walk_lineage(ref: Optional[str] = None, trace_id: Optional[str] = None, requ
         lineage["prompt"] = _prompt_section(version.tags.get("llmops.prompt_version"), lineage["warnings"])
         lineage["run"] = _run_section(version, lineage["warnings"])
     lineage["evaluations"] = _evaluations(version.tags)
-    history = _alias_history(version.name)
-    lineage["evidence"] = [_with_eval_runs(event) for event in history if event["to_version"] == version.version]
+    from llmops.lineage.evidence import alias_moves, with_eval_runs
+
+    history = alias_moves(version.name)
+    lineage["evidence"] = [with_eval_runs(event) for event in history if event["to_version"] == version.version]
     lineage["alias_history"] = history
     return lineage
 
@@ -101,34 +103,6 @@ def _base_section(base_ref: Optional[str], recorded: Optional[str], verify: bool
     elif verify:
         section.update(base_state(base, recorded))
     return section
-
-
-def base_state(base: Any, recorded: Optional[str]) -> dict[str, Any]:
-    """`state` of a base: `unchanged`, `changed`, `missing` or `not checked` (hub models), with the digest now."""
-    from llmops.registry.digest import tree_digest
-
-    if recorded and recorded.startswith("hub:"):
-        return {"state": "not checked (a hub model is pinned by its revision)"}
-    path = Path(base.source.removeprefix("file://"))
-    if not path.exists():
-        return {"state": "missing", "now": None}
-    now = tree_digest(path)
-    return {"state": "unchanged" if now == recorded else "changed", "now": now,
-            "files": sum(1 for p in path.rglob("*") if p.is_file())}
-
-
-def dataset_state(path: str, recorded_digest: Optional[str]) -> dict[str, Any]:
-    """What the file at `path` holds now, against the recorded digest: state, digest, rows, bytes."""
-    from llmops.registry.digest import file_digest
-
-    file = Path(path)
-    if not file.is_file():
-        return {"state": "missing"}
-    now = file_digest(file)
-    with file.open("rb") as handle:
-        rows = sum(1 for line in handle if line.strip())
-    return {"state": "unchanged" if now == recorded_digest else "changed", "now": now, "rows_now": rows,
-            "bytes_now": file.stat().st_size}
 
 
 def _datasets_section(tags: dict[str, str], fingerprint: dict[str, Any], verify: bool) -> dict[str, Any]:
@@ -228,66 +202,6 @@ def _evaluations(tags: dict[str, str]) -> dict[str, dict[str, str]]:
             suite, _, scorer = key.removeprefix("llmops.eval.").rpartition(".")
             grouped.setdefault(suite, {})[scorer] = value
     return grouped
-
-
-def _alias_history(name: str) -> list[dict[str, Any]]:
-    from dataclasses import asdict
-
-    from llmops.registry import alias_history
-
-    return [asdict(event) for event in alias_history(name)]
-
-
-SUITE_DATA_PREFIX = "llmops.data.suite"
-"""Eval-run tags of the suite's dataset (`record.file_lineage_tags(path, SUITE_DATA_PREFIX)`), when recorded."""
-
-
-def _with_eval_runs(event: dict[str, Any]) -> dict[str, Any]:
-    """An alias move with the metrics of the eval runs its evidence names, and the suite's dataset."""
-    from llmops.lineage.runs import get_run_record
-
-    runs, recorded_data = {}, {}
-    evidence = event.get("evidence") or {}
-    for role, run_id in (evidence.get("eval_runs") or {}).items():
-        record = get_run_record(str(run_id))
-        runs[role] = None if record is None else {
-            "run_id": record.run_id, "status": record.status,
-            "verdict": record.tags.get("llmops.gate.verdict"),
-            "metrics": {k: v for k, v in record.metrics.items() if k.endswith((".mean", ".ci_low", ".ci_high"))},
-        }
-        if record is not None and not recorded_data:
-            recorded_data = {k: v for k, v in record.tags.items() if k.startswith(SUITE_DATA_PREFIX + ".")}
-    return {**event, "eval_runs": runs, "suite_data": _suite_data(evidence.get("suite_path"), recorded_data)}
-
-
-def _suite_data(suite_path: Optional[str], recorded: dict[str, str]) -> Optional[dict[str, Any]]:
-    """The suite's dataset: as the eval run recorded it (path, digest, DVC), else as the suite names it now."""
-    import yaml
-
-    from llmops.lineage.dvc import DvcDataset
-
-    path = recorded.get(f"{SUITE_DATA_PREFIX}.path")
-    if path is None and suite_path and Path(suite_path).is_file():
-        try:
-            dataset = (yaml.safe_load(Path(suite_path).read_text(encoding="utf-8")) or {}).get("dataset")
-        except yaml.YAMLError:
-            dataset = None
-        if isinstance(dataset, str):
-            path = str((Path(suite_path).parent / dataset).resolve())
-    if path is None:
-        return None
-    digest = recorded.get(f"{SUITE_DATA_PREFIX}.digest")
-    tracked = DvcDataset.from_tags(recorded, SUITE_DATA_PREFIX)
-    if tracked is None and not recorded:
-        from llmops.lineage.record import file_lineage_tags
-
-        tracked = DvcDataset.from_tags(file_lineage_tags(path, SUITE_DATA_PREFIX), SUITE_DATA_PREFIX)
-    entry = {"suite": suite_path, "path": path, "digest": digest, "recorded": bool(recorded),
-             "dvc": vars(tracked) if tracked else None}
-    state = dataset_state(path, digest)
-    if digest is None:  # nothing recorded at eval time: show what the file holds now, without a verdict
-        state.pop("state", None)
-    return {**entry, **state}
 
 
 def _json_artifact(run_id: str, path: str, warnings: list[str]) -> Optional[dict[str, Any]]:

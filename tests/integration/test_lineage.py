@@ -288,6 +288,8 @@ def test_dvc_tracked_dataset_is_recorded_fetched_back_and_checked(store, tiny_mo
     data_check = next(c for c in report.checks if c.name == "data.train")
     assert f"dvc.api.read at revision {head[:12]}" in data_check.how and report.verdict == "bit-exact"
     assert md5_of(train) == edited  # the workspace keeps v2
+    rebuilt = resolve_model_ref(report.reproduction).tags
+    assert rebuilt["llmops.data.train.dvc.md5"] == md5 and rebuilt["llmops.data.train.dvc.rev"] == head
 
 
 def test_a_dvc_stage_output_is_recognised_through_dvc_lock(dvc_repo):
