@@ -28,6 +28,7 @@ _INSTALL_HINTS = {
     "rouge_score": "pip install 'llmops[eval]'",
     "sacrebleu": "pip install 'llmops[eval]'",
     "jsonschema": "pip install jsonschema",
+    "dvc": "pip install 'llmops[dvc]'",
 }
 
 

@@ -90,7 +90,7 @@ def _register_optional_groups() -> None:
     """Verb groups that later parts add; each module exposes `register(app)`."""
     import importlib
 
-    for module_name in ("drift", "finetune", "serve", "evaluate", "quickstart", "monitor", "keys"):
+    for module_name in ("drift", "finetune", "serve", "evaluate", "quickstart", "monitor", "keys", "lineage"):
         try:
             module = importlib.import_module(f"llmops.cli.{module_name}")
         except ModuleNotFoundError as error:

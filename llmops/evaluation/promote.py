@@ -111,7 +111,8 @@ def promote(
     moved = verdict.verdict == "pass" or force
     if moved:
         evidence: dict[str, Any] = {
-            "suite": suite.name, "suite_version": str(suite.version), "verdict": verdict.verdict,
+            "suite": suite.name, "suite_version": str(suite.version), "suite_path": str(Path(suite_path).resolve()),
+            "verdict": verdict.verdict,
             "delta": verdict.delta, "ci": [verdict.ci_low, verdict.ci_high], "margin": verdict.margin,
             "baseline": holder.ref if holder else None, "eval_runs": run_ids, "forced": force,
         }

@@ -97,13 +97,15 @@ def prepare_data(config: FinetuneConfig, tokenizer: Any) -> PreparedData:
 # ------------------------------------------------------------------------------------------------ job
 
 
-def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console: Any = None) -> FinetuneResult:
+def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console: Any = None,
+                 extra_tags: Optional[dict[str, str]] = None) -> FinetuneResult:
     """Run the fine-tune of `config_path` in this process (one rank of a launch, or the only one).
 
     Args:
         config_path: the YAML config.
         overrides: `key.sub=value` overrides.
         console: a rich console for the progress bar (rank 0); default stderr.
+        extra_tags: more tags for the registered version (`llmops reproduce` adds `llmops.reproduces`).
 
     Returns:
         The result (on every rank; `version` is set on rank 0 when registered).
@@ -113,12 +115,14 @@ def run_finetune(config_path: str | Path, overrides: Iterable[str] = (), console
     """
     config_path = Path(config_path)
     config = load_finetune_config(config_path, overrides)
-    return _Job(config, config_path, console).run()
+    return _Job(config, config_path, console, extra_tags).run()
 
 
 class _Job:
-    def __init__(self, config: FinetuneConfig, config_path: Path, console: Any):
+    def __init__(self, config: FinetuneConfig, config_path: Path, console: Any,
+                 extra_tags: Optional[dict[str, str]] = None):
         self.config = config
+        self.extra_tags = dict(extra_tags or {})
         self.config_path = config_path
         self.console = console
         self.run_dir = run_dir_of(config)
@@ -228,7 +232,8 @@ class _Job:
             result.world_size = world
             folder = save_adapter(config, self.run_dir, accelerator, model, tokenizer, data)
             if main and register:
-                version = register_finetune(config, self.config_path, folder, data, base, tracker, result)
+                version = register_finetune(config, self.config_path, folder, data, base, tracker, result,
+                                                self.extra_tags)
                 result.version, result.alias = version.ref, config.register.alias
             if main:
                 (self.run_dir / "result.json").write_text(json.dumps(asdict(result), indent=2))

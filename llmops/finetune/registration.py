@@ -94,6 +94,9 @@ def lineage_tags(config: FinetuneConfig, config_path: Path, data: Any, result: A
     }
     if result.eval_loss is not None:
         tags["llmops.eval_loss"] = f"{result.eval_loss:.6g}"
+    from llmops.lineage.record import dataset_lineage_tags
+
+    tags.update(dataset_lineage_tags(data.fingerprint))  # data path, digest, DVC pointer
     return tags
 
 
