@@ -82,7 +82,7 @@ def test_vllm_engine_without_vllm_names_the_extra():
     from llmops.errors import MissingExtraError
     from llmops.gateway.engines.vllm import VllmEngine
 
-    with pytest.raises(MissingExtraError, match=r"pip install 'llmops\[gpu\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'llmops\[vllm\]'"):
         VllmEngine("org/model")
 
 
