@@ -229,7 +229,7 @@ def s3_server(folder: Path, bucket: str = "llmops") -> Iterator[S3Server]:
         return s3.get_file_info(bucket).type == fs.FileType.Directory
 
     try:
-        _wait(bucket_ready, process, f"weed mini (log: {log})", timeout=90)
+        _wait(bucket_ready, process, f"weed mini (log: {log})", timeout=180)
         yield server
     finally:
         if process.poll() is None:

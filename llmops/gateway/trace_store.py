@@ -247,6 +247,9 @@ class OtlpTraceWriter:
 
     def close(self) -> None:
         self.exporter.shutdown()
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def writer_for(experiment: str, capture_text: bool = True, otlp_endpoint: Optional[str] = None) -> Any:

@@ -33,6 +33,7 @@ from pydantic import Field
 
 from llmops.background import BackgroundBatcher, BatcherStats
 from llmops.config import ConfigModel
+from llmops.errors import ConfigError
 from llmops.traffic.location import DatasetLocation, DatasetRoot, open_root
 from llmops.traffic.schema import arrow_schema, partition_name, to_row
 
@@ -78,7 +79,7 @@ class TrafficWriter:
         keep_text: Keep `prompt_text` / `completion_text` (else they are nulled before writing).
 
     Raises:
-        ConfigError: a URI that no filesystem can open.
+        ConfigError: a URI that no filesystem can open, or an object store that refuses the credentials.
     """
 
     def __init__(self, root: Union[str, Path], flush_interval: float = 1.0, max_queue: int = 100_000,
@@ -92,6 +93,11 @@ class TrafficWriter:
         if self.root.local:
             Path(self.root.path).mkdir(parents=True, exist_ok=True)
             self._remove_stale_temporaries()
+        else:  # wrong credentials, endpoint or bucket: say so now, not in the log of every flush
+            try:
+                self.root.filesystem.get_file_info(self.root.path)
+            except OSError as error:
+                raise ConfigError(f"capture.path: cannot reach {self.root.display}: {error}") from None
         self.batcher = BackgroundBatcher("capture", self._write, flush_interval, max_batch=10_000,
                                          max_queue=max_queue, prepare=self._prepare)
 

@@ -144,3 +144,20 @@ def test_unknown_scheme_is_one_error_line_at_start_up(fleet_on_s3, tmp_path):
                             timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and lines[-1].startswith("error:") and "nosuchscheme://bucket" in lines[-1], result.stderr
+
+
+def test_wrong_credentials_are_a_start_up_error_naming_the_dataset(fleet_on_s3, monkeypatch):
+    from llmops.errors import ConfigError
+    from llmops.traffic import TrafficWriter
+
+    for name, value in {**fleet_on_s3["s3"].env, "AWS_SECRET_ACCESS_KEY": "wrong-secret"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        TrafficWriter(fleet_on_s3["dataset"])
+    assert fleet_on_s3["dataset"] in str(caught.value) and "wrong-secret" not in str(caught.value)
+    for name, value in fleet_on_s3["s3"].env.items():
+        monkeypatch.setenv(name, value)
+    writer = TrafficWriter(fleet_on_s3["dataset"] + "-other", flush_interval=60)  # the right ones reach it
+    writer.submit({"time": time.time(), "request_id": "direct", "model_version": "tiny/1"})
+    writer.close()
+    assert writer.stats.written == 1
