@@ -270,7 +270,10 @@ def test_a_request_that_crashes_its_replica_is_not_replayed_on_another(fleet):
     response = httpx.post(fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
                           json={"model": "tiny@production", "messages": MESSAGES, "fake_crash": True}, timeout=30)
     assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
-    crashed = [r for r in fleet["replicas"] if r.process.poll() is not None]
+    deadline = time.monotonic() + 10  # the replica's sockets close as it exits: reap it
+    while not (crashed := [r for r in fleet["replicas"] if r.process.poll() is not None]):
+        assert time.monotonic() < deadline, "no replica crashed"
+        time.sleep(0.05)
     assert len(crashed) == 1
     survivor = next(r for r in fleet["replicas"] if r.process.poll() is None)
     assert survivor.received() == before[survivor.url]  # it never saw the request

@@ -32,6 +32,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, field_validator
 
 from llmops.config import ConfigModel
+from llmops.gateway.engines.http_client import HttpConnectError
 from llmops.gateway.errors import GatewayError
 
 __all__ = ["UpstreamConfig", "Replica", "ReplicaPool", "UpstreamReply"]
@@ -188,8 +189,6 @@ class ReplicaPool:
             GatewayError: 502 when the replica failed after receiving the request, or when no replica
                 could be reached within `retries` extra attempts.
         """
-        from llmops.gateway.engines.http_client import HttpConnectError
-
         headers = dict(self._headers)
         if request_id:
             headers["x-request-id"] = request_id
