@@ -146,8 +146,7 @@ def _download(source: str, folder: Path) -> None:
 def _is_internal(model: Any) -> bool:
     """Prompts (same name space in MLflow) and llmops' alias locks are not models."""
     tags = model.tags or {}
-    return tags.get("mlflow.prompt.is_prompt") == "true" or tags.get("llmops.type") == "lock" \
-        or model.name.startswith(_aliases.LOCK_PREFIX)
+    return tags.get("mlflow.prompt.is_prompt") == "true" or model.name.startswith(_aliases.LOCK_PREFIX)
 
 
 def _to_model_version(mv: Any, aliases: tuple[str, ...] | None = None) -> ModelVersion:
@@ -266,15 +265,15 @@ def _check_not_a_prompt(client: Any, name: str) -> None:
 
 def _ensure_registered_model(client: Any, name: str, description: str | None) -> bool:
     """Create the registered model if needed; True when it was created by this call."""
-    from mlflow.exceptions import MlflowException
-
     if _registered_model(client, name) is not None:
         return False
     try:
         retry_locked(client.create_registered_model)(name, tags={"llmops.type": "model"}, description=description)
-    except MlflowException as error:
+    except Exception as error:
         if "prompt" in str(error).lower():
             raise RegistryError(f"{name!r} is already the name of a prompt; models and prompts share names") from None
+        if _registered_model(client, name) is not None:
+            return False  # another process (a second fine-tune) created it at the same moment
         raise
     return True
 
