@@ -10,8 +10,6 @@ from llmops.registry.models import (
     ModelVersion,
     RegisteredModelSummary,
     alias_history,
-    register_adapter,
-    register_base_model,
     resolve_model_ref,
     search_models,
     set_model_alias,
@@ -29,6 +27,7 @@ from llmops.registry.prompts import (
     to_langchain,
 )
 from llmops.registry.refs import Ref, parse_ref
+from llmops.registry.registration import register_adapter, register_base_model
 
 __all__ = [
     "AliasConflictError",

@@ -70,22 +70,27 @@ def _lock_name(name: str, alias: str) -> str:
 def _try_lock(client: Any, lock: str) -> bool:
     from mlflow.exceptions import MlflowException
 
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    # Owner and time go in the description: one row, one INSERT, so a concurrent create fails on the
+    # name's primary key (tags are a second INSERT that PostgreSQL may reject only at commit).
+    holder = json.dumps({"owner": f"{socket.gethostname()}:{os.getpid()}", "time": time.time()})
     try:
-        retry_locked(client.create_registered_model)(
-            lock, tags={"llmops.type": "lock", "llmops.lock_owner": owner, "llmops.lock_time": f"{time.time():.3f}"})
+        retry_locked(client.create_registered_model)(lock, description=holder)
         return True
-    except MlflowException as error:
-        if "RESOURCE_ALREADY_EXISTS" not in str(error.error_code) and "already exists" not in str(error).lower():
-            raise
-    # Held: break it when its holder has been gone for longer than any transaction takes.
+    except Exception as error:
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException:
+            if isinstance(error, MlflowException) and "already exists" in str(error).lower():
+                return False  # released between the two calls: try again
+            raise error from None
+    # Held: break it when its holder is gone (killed on this host, or silent for longer than any
+    # transaction takes).
     try:
-        held = client.get_registered_model(lock)
-        since = float((held.tags or {}).get("llmops.lock_time", "0"))
-    except MlflowException:
-        return False  # released between the two calls: try again
-    if time.time() - since > LOCK_TTL_S or _holder_is_dead((held.tags or {}).get("llmops.lock_owner", "")):
-        _log.warning("breaking the stale alias lock %s (held by %s)", lock, (held.tags or {}).get("llmops.lock_owner"))
+        info = json.loads(held.description or "{}")
+    except ValueError:
+        info = {}
+    if time.time() - float(info.get("time", 0)) > LOCK_TTL_S or _holder_is_dead(str(info.get("owner", ""))):
+        _log.warning("breaking the stale alias lock %s (held by %s)", lock, info.get("owner"))
         _unlock(client, lock)
     return False
 

@@ -126,7 +126,10 @@ def test_register_finetune_promote_serve_trace_drift(team_uri, tiny_model_path):
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(60)
 
-    code, out, err = _finish(_llmops(["drift", "traffic", "--model", "team@production", "--reference", str(CAPITALS),
+    reference = folder / "reference.jsonl"
+    reference.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is the capital of {row['country']}?"}]}) + "\n"
+                                 for row in map(json.loads, CAPITALS.read_text().splitlines())))
+    code, out, err = _finish(_llmops(["drift", "traffic", "--model", "team@production", "--reference", str(reference),
                                       "--capture-dir", str(folder / "traffic"), "--since", "1h"], env, folder))
     assert code in (0, 1), err[-2000:]  # 1 = drift found; both are answers, not failures
     assert f"4 captured requests of team/{winner} since 1h" in out, out + err

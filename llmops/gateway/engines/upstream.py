@@ -270,10 +270,11 @@ class ReplicaPool:
         defines it (vllm/entrypoints/openai/models/serving.py, vllm/entrypoints/serve/lora/api_router.py):
 
         - 200 `Success: …`: loaded; 400 `… has already been loaded …`: loaded too, not an error;
-        - 404 with vLLM's error body (`NotFoundError`, `No adapter found for …`): the replica cannot
-          read the files: 502 `adapter_load_failed` naming the path;
-        - 404 without it (FastAPI's `{"detail":"Not Found"}`): the route is missing (runtime loading
-          off): the request goes as is, for adapters given by `--lora-modules` or a resolver;
+        - 404 `Loading lora X failed: No adapter found for PATH` (vllm/exceptions.py
+          LoRAAdapterNotFoundError): the replica cannot read the files: 502 `adapter_load_failed`;
+        - any other 404 (FastAPI's `{"detail":"Not Found"}`, an OpenAI-compatible server without the
+          route): runtime loading is off there: the request goes as is, for adapters given by
+          `--lora-modules` or a resolver;
         - any other answer (a 500 from a failed load): 502 `adapter_load_failed`.
 
         A failed load is the adapter's fault, not the replica's: it stays in rotation.
@@ -297,12 +298,12 @@ class ReplicaPool:
                 replica.adapters.add(name)
                 _log.info("loaded adapter %s on %s", name, replica.url)
                 return
-            if status == 404 and error is None:
+            message = (error or {}).get("message") or text[:300]
+            if status == 404 and "No adapter found" not in message:
                 _log.info("upstream %s has no /v1/load_lora_adapter (runtime LoRA loading off); sending %s as is",
                           replica.url, name)
                 replica.adapters.add(name)
                 return
-            message = (error or {}).get("message") or text[:300]
             if status == 404:
                 raise GatewayError(502, f"upstream {replica.url} cannot find the files of adapter {name} at {path}: "
                                    f"{message} (give replicas that path on a shared file system, or use an "
