@@ -26,7 +26,7 @@ target_added_p50_ms=0.3 dropped=... target_dropped=0 ...`.
 
 Remote mode: the traces go to an `mlflow server` over HTTP (started here on a SQLite file, or the one at
 `--server-url`, e.g. on PostgreSQL), through the batched OTLP path (`trace_store.RestTraceWriter`).
-1. The fleet gateway (`UpstreamProxy` in front of the fixed-latency replica `_fake_upstream.py`) with
+1. The fleet gateway (`engine.kind: upstream` in front of the fixed-latency replica `_fake_upstream.py`) with
    every request traced, driven at `--rate` requests/s for `--seconds`: dropped and failed counters, and
    the traces the server then holds.
 2. The exporter's capacity: 5,000 queued traces written to the server in batches (traces stored per
@@ -245,16 +245,6 @@ def _in_process(workdir: Path, calls: int) -> dict:
 # ------------------------------------------------------------------------------------ remote mode
 
 
-class _OneModel:
-    """The fleet proxy's resolver for this benchmark: every ref is `tiny/1` (tracing is measured, not the
-    registry, which lives in the tracking server too)."""
-
-    async def route(self, ref: str):
-        from llmops.gateway.proxy import UpstreamRoute
-
-        return UpstreamRoute(ref, "tiny/1", ("tiny", "1"), "tiny/1")
-
-
 def _start_mlflow_server(workdir: Path):
     import subprocess
 
@@ -281,10 +271,11 @@ def _remote(args: argparse.Namespace, workdir: Path) -> None:
 
     import mlflow
 
-    from llmops.gateway.config import TracingConfig
-    from llmops.gateway.engines.upstream import UpstreamConfig
-    from llmops.gateway.proxy import UpstreamProxy
+    from llmops import registry
+    from llmops.gateway.app import GatewayApp
+    from llmops.gateway.config import GatewayConfig
     from llmops.gateway.server import BackgroundServer
+    from llmops.tiny_model import create_tiny_model
     from llmops.gateway.trace_store import writer_for
     from llmops.gateway.tracing import Tracer
     from llmops.registry.store import ensure_experiment
@@ -301,12 +292,17 @@ def _remote(args: argparse.Namespace, workdir: Path) -> None:
         wait_ready(f"http://127.0.0.1:{replica_port}/health", replica)
         # 1. The fleet gateway at --rate, every request traced into the server.
         experiment = f"bench-remote-{int(time.time())}"
-        proxy = UpstreamProxy(UpstreamConfig(urls=[f"http://127.0.0.1:{replica_port}"]), _OneModel(),
-                              tracing=TracingConfig(experiment=experiment, flush_interval=0.5))
-        with BackgroundServer(proxy) as gateway:
+        # `capitals@production` in the server's registry: a base served upstream (the replica ignores weights).
+        base = create_tiny_model(workdir / "tiny", overwrite=True)
+        version = registry.register_base_model("capitals", base)
+        registry.set_model_alias("capitals", "production", version.version)
+        app = GatewayApp(GatewayConfig.model_validate({
+            "engine": {"kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{replica_port}"]}},
+            "tracing": {"experiment": experiment, "flush_interval": 0.5}}))
+        with BackgroundServer(app) as gateway:
             endpoint = gateway.url + "/v1/chat/completions"
             asyncio.run(_paced(endpoint, 20, 1.0))  # warm-up
-            tracer = proxy.tracer
+            tracer = app.tracer
             before = tracer.stats.written
             sent, achieved, errors = asyncio.run(_paced(endpoint, args.rate, args.seconds))
             drained_at = time.perf_counter()
@@ -342,7 +338,7 @@ def _remote(args: argparse.Namespace, workdir: Path) -> None:
             os.killpg(server.pid, signal.SIGTERM)
     capacity = capacity_stored / capacity_seconds
     print(f"conditions: mlflow server {mlflow.__version__} at {url} ({'SQLite, 1 worker' if server else 'given'}), "
-          f"fleet gateway (UpstreamProxy) over a 5 ms replica, {os.cpu_count()} CPUs (shared)")
+          f"fleet gateway (engine.kind: upstream) over a 5 ms replica, {os.cpu_count()} CPUs (shared)")
     print(f"gateway at {achieved:.0f} req/s (asked {args.rate:g}) for {args.seconds:g} s, every request traced: "
           f"sent={sent} errors={errors}; exporter wrote {written} in {stats.batches} batches ({busy:.2f} s busy, "
           f"{written / max(busy, 1e-9):.0f} traces/s while serving), drained {drain:.2f} s after the load; "

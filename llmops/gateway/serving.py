@@ -169,11 +169,15 @@ class CompletionService:
         incremental = prepared.stream or bool(prepared.stop)
         token_ids = ctx.token_ids
 
+        # The sequences of one client request share a group, so the engine admits requests fairly
+        # (a 32,000-sequence request cannot starve another client's chat); a fresh object, never client data.
+        group = object()
+
         async def run(index: int, prompt_ids: list[int], params: SamplingParams) -> None:
             assembler = TextAssembler(engine.decode, prepared.stop)
             # The gateway's own id keys the engine's sequences; a client's x-request-id never does.
             request = GenerationRequest(f"{ctx.request_id}-{index}", prompt_ids, params, route.adapter,
-                                        stream=incremental)
+                                        stream=incremental, group=group)
             finish = "abort"
             events = engine.generate(request)
             try:
