@@ -308,30 +308,6 @@ def test_a_dvc_stage_output_is_recognised_through_dvc_lock(dvc_repo):
 # --------------------------------------------------------------------------- a team tracking server
 
 
-def _register_base_on_server(folder: Path) -> None:
-    """`register_base_model`, or, while it cannot on a server (a server refuses a local folder as a
-    version source unless it lies in a run's artifacts: team mode, issue 12), the same version made
-    with that run, carrying the tags llmops reads (kind, local source, digest)."""
-    from llmops.errors import LlmopsError
-    from llmops.registry import register_base_model
-
-    try:
-        register_base_model("tiny", folder)
-        return
-    except (LlmopsError, Exception) as error:  # mlflow's RestException
-        if "Invalid model version source" not in str(error):
-            raise
-    from llmops.registry.digest import tree_digest
-    from llmops.registry.store import configure, ensure_experiment
-
-    client = configure()
-    run = client.create_run(ensure_experiment("bases"))
-    client.log_artifact(run.info.run_id, str(folder / "config.json"), "base")
-    client.create_registered_model("tiny", tags={"llmops.type": "model"})
-    client.create_model_version("tiny", f"{run.info.artifact_uri}/base", run_id=run.info.run_id, tags={
-        "llmops.kind": "base", "llmops.source": str(folder), "llmops.digest": tree_digest(folder)})
-
-
 @pytest.fixture(scope="module")
 def team_store(tiny_model_path, tmp_path_factory):
     """An `mlflow server` (proxied artifacts) holding tiny/1 and lin/1, and one gateway request to
@@ -350,7 +326,9 @@ def team_store(tiny_model_path, tmp_path_factory):
         patch.chdir(folder)
         patch.setenv("MLFLOW_TRACKING_URI", server.url)
         try:
-            _register_base_on_server(tiny_model_path)
+            from llmops.registry import register_base_model
+
+            register_base_model("tiny", tiny_model_path)  # a manifest run on a server (team mode)
             train = folder / "train.jsonl"
             shutil.copy(CAPITALS, train)
             run_finetune(_config(folder, train))
@@ -360,7 +338,7 @@ def team_store(tiny_model_path, tmp_path_factory):
                 raw = client.chat.completions.with_raw_response.create(
                     model="lin@candidate", messages=[{"role": "user", "content": "What is the capital of Peru?"}],
                     max_tokens=4, extra_headers={"x-request-id": "team-request-7"})
-            yield folder, app.state.gateway, raw
+            yield folder, app, raw
         finally:
             patch.undo()
 
@@ -386,8 +364,7 @@ def test_request_id_through_an_mlflow_server(team_store):
     from llmops.lineage.walk import walk_lineage
 
     _, gateway, raw = team_store
-    if gateway.tracer.stats.stored == 0:
-        pytest.skip("this gateway cannot store traces on an mlflow server yet (remote tracing: issue 12, item 3)")
+    assert gateway.tracer.stats.written >= 1 and gateway.tracer.stats.failed == 0
     lineage = walk_lineage(request_id="team-request-7")
     assert lineage["trace"]["trace_id"] == raw.headers["x-llmops-trace-id"] and lineage["model"]["ref"] == "lin/1"
 
