@@ -89,3 +89,13 @@ def tiny_model_path(tmp_path_factory) -> Path:
     from llmops.tiny_model import create_tiny_model
 
     return create_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def pytest_collection_finish(session):
+    """Start the extras resolutions (minutes of network waits, tests/unit/test_extras_resolution.py) as
+    soon as the run is collected, so they overlap the other tests instead of adding to them."""
+    for item in session.items:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__.endswith("test_extras_resolution"):
+            module.start_resolutions(session.items)
+            return

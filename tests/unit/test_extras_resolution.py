@@ -6,7 +6,8 @@ Python (pyenv's, or `python3.X` on PATH), so environment markers are evaluated f
 is then checked against itself: every chosen distribution's declared requirements (with the extras
 that are active for it, under that Python's markers) are met by the chosen versions, and every
 chosen distribution accepts that Python. All resolutions run in parallel with a private cache that
-is deleted afterwards. Skipped only when PyPI cannot be reached.
+is deleted afterwards; they start when collection ends (`tests/conftest.py`), so their network waits
+overlap the rest of the test run. Skipped only when PyPI cannot be reached.
 
 pip >= 25 runs them (the `dev` extra pins it; pip 23 mis-resolved torch's `cuda-toolkit==13.0.3`),
 with lazy wheel metadata (`fast-deps`): this index serves no PEP 658 metadata files, so without it
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -71,16 +73,40 @@ def _pypi_reachable() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def resolutions(request, tmp_path_factory):
-    """{(extra, python): pip's report or the error text}, resolved in parallel (only what the run selected)."""
+_PENDING: dict = {}  # (extra, minor) -> Future of pip's report or the error text
+_WORK: list[Path] = []
+
+
+def _selected_jobs(items: list) -> list[tuple[str, str]]:
+    """The resolutions the run's selected tests need (all of them for the Python-floor test)."""
+    selected = {(item.callspec.params["extra"], item.callspec.params["minor"]) for item in items
+                if getattr(item, "originalname", "") == "test_extra_resolves_to_a_consistent_set"}
+    everything = any(getattr(item, "originalname", "") == "test_the_python_floor_is_what_the_chosen_sets_need"
+                     for item in items)
+    return [(extra, minor) for extra in EXTRAS for minor in _declared_pythons() if everything or (extra, minor) in selected]
+
+
+def _ready_to_resolve() -> str | None:
+    """Why the resolutions cannot run here, or None."""
     if not _pypi_reachable():
-        pytest.skip("PyPI is unreachable: the resolution test needs the package index")
+        return "PyPI is unreachable: the resolution test needs the package index"
     import pip
 
     if Version(pip.__version__) < Version("25"):
-        pytest.fail(f"pip {pip.__version__} is too old for this test: pip install 'pip>=25.1' (in the dev extra)")
-    work = tmp_path_factory.mktemp("resolve")
+        return f"pip {pip.__version__} is too old for this test: pip install 'pip>=25.1' (in the dev extra)"
+    return None
+
+
+def start_resolutions(items: list) -> None:
+    """Start the selected resolutions in background threads (each a pip subprocess, mostly waiting on
+    the network). `tests/conftest.py` calls this when collection ends, so they overlap the rest of the run;
+    the `resolutions` fixture waits for them."""
+    if _PENDING or _ready_to_resolve() is not None:
+        return
+    import pip
+
+    work = Path(tempfile.mkdtemp(prefix="llmops-resolve-"))
+    _WORK.append(work)
     # This pip, runnable by any Python >= 3.9 (`python <dir>/pip`), so each version's markers are its own.
     shutil.copytree(Path(pip.__file__).parent, work / "runner" / "pip")
     # What a user gets from PyPI: no machine-wide pip configuration (local wheel folders, extra indexes,
@@ -95,27 +121,36 @@ def resolutions(request, tmp_path_factory):
         extra, minor = job
         python = _interpreter(minor)
         if python is None:
-            return job, f"no Python {minor} interpreter (pyenv install {minor} or put python{minor} on PATH)"
+            return f"no Python {minor} interpreter (pyenv install {minor} or put python{minor} on PATH)"
         requirements = work / f"{extra}-{minor}.txt"
         requirements.write_text("\n".join(_requirements(extra)) + "\n")
         report = work / f"{extra}-{minor}.json"
         done = subprocess.run(
             [python, str(work / "runner" / "pip"), "install", "--dry-run", "--ignore-installed", "--quiet",
              "--use-feature=fast-deps", "--report", str(report), "-r", str(requirements)],
-            capture_output=True, text=True, timeout=1200, env=env,
+            capture_output=True, text=True, timeout=1800, env=env,
         )
         if done.returncode != 0:
-            return job, f"pip could not resolve llmops[{extra}] on Python {minor}:\n{done.stderr[-3000:]}"
-        return job, json.loads(report.read_text())
+            return f"pip could not resolve llmops[{extra}] on Python {minor}:\n{done.stderr[-3000:]}"
+        return json.loads(report.read_text())
 
-    selected = {(item.callspec.params["extra"], item.callspec.params["minor"]) for item in request.session.items
-                if getattr(item, "originalname", "") == "test_extra_resolves_to_a_consistent_set"}
-    everything = any(getattr(item, "originalname", "") == "test_the_python_floor_is_what_the_chosen_sets_need"
-                     for item in request.session.items)
-    jobs = [(extra, minor) for extra in EXTRAS for minor in _declared_pythons() if everything or (extra, minor) in selected]
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        results = dict(pool.map(resolve, jobs))
-    shutil.rmtree(work / "cache", ignore_errors=True)
+    jobs = _selected_jobs(items)
+    if jobs:
+        pool = ThreadPoolExecutor(len(jobs), thread_name_prefix="resolve")
+        _PENDING.update({job: pool.submit(resolve, job) for job in jobs})
+        pool.shutdown(wait=False)
+
+
+@pytest.fixture(scope="module")
+def resolutions(request):
+    """{(extra, python): pip's report or the error text} for what the run selected."""
+    why = _ready_to_resolve()
+    if why is not None:
+        pytest.skip(why)
+    start_resolutions(request.session.items)  # no-op when conftest started them at collection
+    results = {job: future.result() for job, future in _PENDING.items()}
+    for work in _WORK:
+        shutil.rmtree(work, ignore_errors=True)
     return results
 
 
