@@ -45,6 +45,11 @@ class BatcherStats:
     write_seconds: float = 0.0
     """Time spent in `prepare` and `write`."""
 
+    @property
+    def submitted(self) -> int:
+        """Items offered so far: queued, written, dropped or failed."""
+        return self.queued + self.written + self.dropped + self.failed
+
 
 class BackgroundBatcher:
     """A bounded queue drained in batches by one worker thread.

@@ -175,4 +175,4 @@ def test_still_serving_and_capture_never_failed(request, backend):
     assert reply.status_code == 200 and reply.json()["choices"]
     capture = gateway["app"].capture
     capture.flush()
-    assert capture.failed == 0 and capture.written > 0
+    assert capture.stats.failed == 0 and capture.stats.written > 0
