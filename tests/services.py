@@ -30,8 +30,8 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "s3_server", "S3Server"]
-__all__ = ["free_port", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "fake_replica"]
+__all__ = ["free_port", "wait_http", "stop_process", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "s3_server", "S3Server"]
+__all__ = ["free_port", "wait_http", "stop_process", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "fake_replica"]
 
 
 def free_port() -> int:
@@ -60,14 +60,22 @@ def _wait(ready: Callable[[], bool], process: subprocess.Popen, what: str, timeo
     raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM (a gateway then drains and flushes its traces and captured traffic), SIGKILL after `timeout` s."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(15)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until GET `url` answers 200 (e.g. a server's `/health`); fail if `process` exits first."""
+    import urllib.request
+
+    _wait(lambda: urllib.request.urlopen(url, timeout=1).status == 200, process, url, timeout)
 
 
 def _port_open(port: int) -> bool:
@@ -86,7 +94,7 @@ def redis_server() -> Iterator[str]:
         _wait(lambda: _port_open(port), process, "redis-server")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        _stop(process)
+        stop_process(process, 15)
 
 
 def _as_postgres_user() -> list[str]:
@@ -250,4 +258,4 @@ def fake_replica(latency_ms: float = 30.0, chunks: int = 5) -> Iterator[str]:
               "the fake replica")
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(process)
+        stop_process(process, 15)

@@ -155,7 +155,6 @@ def read_state(checkpoint: Path) -> TrainState:
 
 def load_checkpoint(accelerator: Any, checkpoint: Path, optimizer: Any, scheduler: Any) -> None:
     """Restore optimizer, scheduler and RNG states of this process (the adapter is loaded before `prepare`)."""
-    import torch
 
     own = checkpoint / f"rank{accelerator.process_index}.pt"
     payload = load_safely(own if own.exists() else checkpoint / "rank0.pt")

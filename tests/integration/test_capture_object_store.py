@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, s3_server
+from tests.services import free_port, s3_server, stop_process as _stop, wait_http as _wait
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -28,27 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = ["What is the capital of Peru?", "What is the capital of Chile?", "What is the capital of Kenya?"]
 
 
-def _wait(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url}: the server exited with {process.returncode}"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up in {timeout} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # the gateway flushes its capture queue on the way out
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ front of a fake vLLM replica; a smaller run covers the in-process engine with th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import time
 
-import pytest
 
 from tests.services import mlflow_server
 

@@ -14,12 +14,11 @@ import os
 import subprocess
 import sys
 import re
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, mlflow_server
+from tests.services import free_port, mlflow_server, wait_http as _wait
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -42,18 +41,6 @@ def _adapter(folder: Path, base: Path, **extra) -> Path:
     (folder / "adapter_model.safetensors").write_bytes(os.urandom(1024))
     return folder
 
-
-def _wait(url: str, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"{url}: the server exited"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
 
 
 class _Replica:
