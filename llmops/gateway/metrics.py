@@ -8,10 +8,14 @@ input, which would let any client create series without bound.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["GatewayMetrics", "ModelSeries", "CONTENT_TYPE"]
 
@@ -38,16 +42,16 @@ class GatewayMetrics:
         self.prompt_tokens = Counter("llmops:prompt_tokens", "Prompt tokens processed.", _LABELS, registry=r)
         self.generation_tokens = Counter("llmops:generation_tokens", "Tokens generated.", _LABELS, registry=r)
         self.running = Gauge("llmops:num_requests_running", "Requests in flight.", _LABELS, registry=r)
-        self.ttft = Histogram("llmops:time_to_first_token_seconds", "Time to the first generated token.",
+        self.ttft = _Histogram("llmops:time_to_first_token_seconds", "Time to the first generated token.",
                               _LABELS, buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("llmops:inter_token_latency_seconds", "Time between consecutive tokens of a choice.",
+        self.itl = _Histogram("llmops:inter_token_latency_seconds", "Time between consecutive tokens of a choice.",
                              _LABELS, buckets=_ITL_BUCKETS, registry=r)
-        self.e2e = Histogram("llmops:e2e_request_latency_seconds", "Request latency, arrival to last byte.",
+        self.e2e = _Histogram("llmops:e2e_request_latency_seconds", "Request latency, arrival to last byte.",
                              _LABELS, buckets=_LATENCY_BUCKETS, registry=r)
-        self.request_prompt_tokens = Histogram(
+        self.request_prompt_tokens = _Histogram(
             "llmops:request_prompt_tokens", "Prompt tokens per request.", _LABELS,
             buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
-        self.request_generation_tokens = Histogram(
+        self.request_generation_tokens = _Histogram(
             "llmops:request_generation_tokens", "Generated tokens per request.", _LABELS,
             buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096), registry=r)
         self._background = _BackgroundCollector()
@@ -102,6 +106,55 @@ class ModelSeries:
         if child is None:
             child = self._finished[reason] = self._success.labels(*self.labels, reason)
         child.inc()
+
+
+class _Histogram:
+    """A histogram family whose children observe with one bisect and two additions, without a lock.
+
+    The event loop observes every streamed chunk's inter-token latency, and prometheus_client's
+    `Histogram.observe` (a lock, a walk over the buckets, a value object per bucket) cost about 15 µs
+    a call, 0.3 ms of CPU per 20-chunk stream (`benchmarks/gateway_overhead.py`). Children are
+    observed from the event loop thread only, so plain integers suffice; the exposition is built at
+    scrape time, with cumulative `le` buckets as Prometheus expects.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple, buckets: tuple, registry: Any):
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.bounds = tuple(float(b) for b in buckets) + (math.inf,)
+        self._children: dict[tuple, _HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> "_HistogramChild":
+        """The child of one label set (created on first use)."""
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _HistogramChild(self.bounds)
+        return child
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            cumulative = itertools.accumulate(child.counts)
+            family.add_metric(list(values), [(floatToGoString(b), n) for b, n in zip(self.bounds, cumulative)],
+                              child.sum)
+        yield family
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple):
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count `value` in the first bucket whose upper bound (`le`) is at least `value`."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
 
 
 class _BackgroundCollector:

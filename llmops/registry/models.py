@@ -204,6 +204,10 @@ def _missing_model(client: Any, name: str) -> NotFoundError:
     return NotFoundError(f"model {name!r} not found in the registry{hint}; see `llmops models list`")
 
 
+def _version_numbers(client: Any, name: str) -> list[int]:
+    return [int(v.version) for v in client.search_model_versions(f"name='{name}'")]
+
+
 def _aliases_of(model: Any) -> dict[str, int]:
     aliases = model.aliases or {}
     if isinstance(aliases, dict):
@@ -225,7 +229,6 @@ def resolve_model_ref(ref: str | Ref) -> ModelVersion:
     if model is None:
         raise _missing_model(client, parsed.name)
     aliases = _aliases_of(model)
-    versions = [int(v.version) for v in client.search_model_versions(f"name='{parsed.name}'")]
     if parsed.alias is not None:
         if parsed.alias not in aliases:
             known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items())) or "none"
@@ -234,16 +237,18 @@ def resolve_model_ref(ref: str | Ref) -> ModelVersion:
     elif parsed.version is not None:
         number = parsed.version
     else:
+        versions = _version_numbers(client, parsed.name)
         if not versions:
             raise NotFoundError(f"model {parsed.name!r} has no versions yet")
         number = max(versions)
-    if number not in versions:
-        latest = f"latest is {max(versions)}" if versions else "it has no versions"
-        raise NotFoundError(f"model {parsed.name!r} has no version {number} ({latest})")
+    # One read of the version itself; the list of versions (a search that grows with the model's
+    # history) is read only to explain a miss. Gateways re-resolve their refs every few seconds.
     try:
         mv = client.get_model_version(parsed.name, str(number))
-    except MlflowException as error:  # deleted between the two reads
-        raise NotFoundError(f"{parsed}: {error.message}") from None
+    except MlflowException:  # no such version, or deleted since the alias was read
+        versions = _version_numbers(client, parsed.name)
+        latest = f"latest is {max(versions)}" if versions else "it has no versions"
+        raise NotFoundError(f"model {parsed.name!r} has no version {number} ({latest})") from None
     holding = tuple(a for a, v in aliases.items() if v == number)
     return _to_model_version(mv, holding)
 
