@@ -7,7 +7,7 @@ What `mlflow.genai.evaluate` leaves behind, made from a run llmops already score
 - the run tagged `mlflow.runType = genai_evaluate`, so the UI lists it among evaluation runs;
 - one trace per item linked to the run (`MlflowClient.link_traces_to_run`): the gateway's own trace
   when the answer came through a gateway with tracing (found by the `x-request-id` the runner sent,
-  which the gateway stores as the trace's `client_request_id`), else a trace written here;
+  which the gateway tags its trace with, `llmops.client_request_id`), else a trace written here;
 - each quality score as a `Feedback` assessment on that trace (`mlflow.log_feedback`), with the
   run id in `mlflow.assessment.sourceRunId` as MLflow's harness sets it. Latency and token counts are
   not repeated as assessments: the trace already carries its duration and token usage.
@@ -67,27 +67,36 @@ def _ensure_dataset(result: EvalResult, experiment_id: str) -> Any:
 
 
 def _gateway_traces(request_ids: list[str], wait_s: float) -> dict[str, str]:
-    """client_request_id -> trace id for the gateway traces of these requests, in any experiment."""
+    """request id -> trace id for the gateway traces of these requests, in any experiment.
+
+    The gateway tags each trace with the client's `x-request-id` (`llmops.client_request_id`, a tag:
+    searchable on every store, a tracking server included). Tags take no `IN`, so the run's ids, which
+    share one prefix (`llmops-eval-<run token>-`), are found with one `LIKE` query per poll.
+    """
+    import os
+
     import mlflow
 
     from llmops.registry.store import configure
 
     experiments = [e.experiment_id for e in configure().search_experiments(max_results=1000)]
+    wanted = set(request_ids)
+    # `_` in the prefix matches any character: a superset, filtered against `wanted` below
+    prefix = os.path.commonprefix(request_ids).replace("'", "").replace("%", "")
     found: dict[str, str] = {}
-    start = time.monotonic()
+    started = time.monotonic()
     while True:
-        for start in range(0, len(request_ids), 100):
-            chunk = [r for r in request_ids[start:start + 100] if r not in found]
-            if not chunk:
-                continue
-            quoted = ", ".join("'" + r.replace("'", "") + "'" for r in chunk)
-            traces = mlflow.search_traces(locations=experiments, filter_string=f"trace.client_request_id IN ({quoted})",
-                                          return_type="list", max_results=1000, include_spans=False)
-            found.update({t.info.client_request_id: t.info.trace_id for t in traces})
+        traces = mlflow.search_traces(locations=experiments, return_type="list", include_spans=False,
+                                      filter_string=f"tags.`llmops.client_request_id` LIKE '{prefix}%'",
+                                      max_results=max(1000, 2 * len(request_ids)))
+        for trace in traces:
+            request_id = (trace.info.tags or {}).get("llmops.client_request_id")
+            if request_id in wanted:
+                found[request_id] = trace.info.trace_id
         # a gateway's exporter writes every flush interval: wait for traces still queued, but give up
         # after 2 s when none has appeared (that gateway traces elsewhere, or not at all)
-        waited = time.monotonic() - start
-        if len(found) == len(request_ids) or waited >= wait_s or (not found and waited >= min(2.0, wait_s)):
+        waited = time.monotonic() - started
+        if len(found) == len(wanted) or waited >= wait_s or (not found and waited >= min(2.0, wait_s)):
             return found
         time.sleep(0.5)
 

@@ -97,7 +97,7 @@ def test_gateway_run_scores_land_on_the_gateways_own_traces(suite):
     gateway_experiment = mlflow.get_experiment_by_name("gw-traces").experiment_id
     sent = {i.request_ids[0] for i in result.items}
     assert all(t.info.experiment_id == gateway_experiment for t in traces)
-    assert {t.info.client_request_id for t in traces} == sent
+    assert {t.info.tags["llmops.client_request_id"] for t in traces} == sent
     assert all(r.startswith("llmops-eval-") for r in sent)
     # a second run on the same suite reuses the dataset (records upserted, not duplicated)
     again = log_eval_run(result)
