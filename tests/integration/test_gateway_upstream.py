@@ -361,6 +361,11 @@ def test_llmops_gateways_as_replicas(registry_folder, tmp_path):
             processes[0].send_signal(signal.SIGKILL)
             answers = [f.result() for f in futures]
         assert sum(a is None for a in answers) <= 4 and {a for a in answers if a is not None} == {first[0]}
+        dead = f"http://127.0.0.1:{ports[0]}"
+        deadline = time.monotonic() + 10  # health checks every 0.5 s take the dead replica out
+        while app.backend.pool.stats()[dead]["healthy"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not app.backend.pool.stats()[dead]["healthy"], app.backend.pool.stats()
         assert [ask(i) for i in range(4)] == [first[0]] * 4  # the survivor serves everything now
         server.should_exit = True
         thread.join(30)
