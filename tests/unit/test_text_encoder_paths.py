@@ -66,11 +66,11 @@ def test_drift_on_text_flags_a_topic_change_and_not_a_resample(tmp_path, current
 
 
 def test_embedding_similarity_scorer_scores_meaning_not_wording():
-    from llmops.evaluation.scorers import Sample, build_scorer
-    from llmops.evaluation.suite import ScorerConfig
+    from llmops.evaluation.scorers import Sample, build_scorer, scorer_options
 
-    raw = build_scorer(ScorerConfig(type="embedding_similarity", expected="{{ reference }}"))
-    gated = build_scorer(ScorerConfig(type="embedding_similarity", expected="{{ reference }}", threshold=0.5))
+    raw = build_scorer(scorer_options({"type": "embedding_similarity", "expected": "{{ reference }}"}))
+    gated = build_scorer(scorer_options({"type": "embedding_similarity", "expected": "{{ reference }}",
+                                         "threshold": 0.5}))
     row = {"reference": "The weather is lovely today."}
 
     async def score(scorer, answer):
