@@ -10,7 +10,7 @@
     capture: {enabled: true, path: traffic}
 
 `engine.kind: upstream` forwards to a fleet of OpenAI-compatible servers (`engine.upstream.urls`);
-`engine.kind: vllm` runs vLLM in-process (`pip install 'llmops[gpu]'`).
+`engine.kind: vllm` runs vLLM in-process (`pip install 'llmops[vllm]'`).
 
 Loaded with `llmops.config.load_config(path, GatewayConfig, overrides)`; `llmops validate` checks it.
 """
