@@ -78,6 +78,16 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> No
     _wait(lambda: urllib.request.urlopen(url, timeout=1).status == 200, process, url, timeout)
 
 
+def _stop_group(process: subprocess.Popen) -> None:
+    """Stop a server started with `start_new_session=True` and every process it spawned (workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def _port_open(port: int) -> bool:
     with socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
@@ -170,12 +180,7 @@ def mlflow_server(backend_uri: str, folder: Path, artifacts: str = "proxied",
               f"mlflow server (log: {log})", timeout=120)
         yield MlflowServer(url=url, artifact_root=root, log=log)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        _stop_group(process)
 
 
 def optional_program(name: str) -> Optional[str]:
@@ -240,12 +245,9 @@ def s3_server(folder: Path, bucket: str = "llmops") -> Iterator[S3Server]:
         _wait(bucket_ready, process, f"weed mini (log: {log})", timeout=180)
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        _stop_group(process)
+
+
 @contextlib.contextmanager
 def fake_replica(latency_ms: float = 30.0, chunks: int = 5) -> Iterator[str]:
     """A replica speaking vLLM's OpenAI-compatible protocol (`benchmarks/_fake_upstream.py`): what a
