@@ -24,14 +24,18 @@ target_added_p50_ms=0.3 dropped=... target_dropped=0 ...`.
 
     python benchmarks/tracing_overhead.py --remote [--rate 100] [--seconds 20] [--server-url URL]
 
-Remote mode: the traces go to an `mlflow server` over HTTP (started here on a SQLite file, or the one at
-`--server-url`, e.g. on PostgreSQL), through the batched OTLP path (`trace_store.RestTraceWriter`).
+Remote mode: the traces go to an `mlflow server` over HTTP through the batched OTLP path
+(`trace_store.RestTraceWriter`). Two servers are started here, one after the other, on a SQLite file:
+MLflow's SQL store (`sqlite:///`, the baseline) and the llmops store plugin (`llmops+sqlite:///`, which
+stores span batches of new traces in bulk); or only the one at `--server-url` (e.g. on PostgreSQL).
+For each server:
 1. The fleet gateway (`engine.kind: upstream` in front of the fixed-latency replica `_fake_upstream.py`) with
    every request traced, driven at `--rate` requests/s for `--seconds`: dropped and failed counters, and
    the traces the server then holds.
 2. The exporter's capacity: 5,000 queued traces written to the server in batches (traces stored per
    second, counted on the server).
-Ends with `ratio=<stored per second / 200> target=1 stored_traces_per_s=... dropped=... target_dropped=0`.
+Ends with `ratio=<stored per second / 200> target=1 stored_traces_per_s=... dropped=... target_dropped=0
+... baseline_mlflow_store_traces_per_s=... speedup=...` (the llmops store, or the given server).
 """
 
 from __future__ import annotations
@@ -244,15 +248,16 @@ def _in_process(workdir: Path, calls: int) -> dict:
 # ------------------------------------------------------------------------------------ remote mode
 
 
-def _start_mlflow_server(workdir: Path):
+def _start_mlflow_server(workdir: Path, scheme: str):
     import subprocess
 
     port = free_port()
-    log = open(workdir / "mlflow-server.log", "wb")
+    log = open(workdir / f"mlflow-server-{scheme}.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                                "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-                                "--artifacts-destination", str(workdir / "server-artifacts")],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                "--backend-store-uri", f"{scheme}:///{workdir / (scheme + '.db')}",
+                                "--artifacts-destination", str(workdir / f"artifacts-{scheme}")],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/health", process, timeout=180)
     return url, process
@@ -265,88 +270,105 @@ def _server_count(experiment_id: str) -> int:
                                     return_type="list"))
 
 
-def _remote(args: argparse.Namespace, workdir: Path) -> None:
-    import subprocess
-
-    import mlflow
-
+def _remote_run(url: str, replica_port: int, args: argparse.Namespace, workdir: Path) -> dict:
+    """The fleet gateway at --rate, then the exporter's capacity, both into the server at `url`."""
     from llmops import registry
     from llmops.gateway.app import GatewayApp
     from llmops.gateway.config import GatewayConfig
     from llmops.gateway.server import BackgroundServer
-    from llmops.tiny_model import create_tiny_model
     from llmops.gateway.trace_store import writer_for
     from llmops.gateway.tracing import Tracer
-    from llmops.registry.store import ensure_experiment
+    from llmops.registry.store import configure, ensure_experiment
+    from llmops.tiny_model import create_tiny_model
+
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    configure()
+    # 1. The fleet gateway at --rate, every request traced into the server.
+    experiment = f"bench-remote-{int(time.time())}"
+    # `capitals@production` in the server's registry: a base served upstream (the replica ignores weights).
+    base = create_tiny_model(workdir / "tiny", overwrite=True)
+    version = registry.register_base_model("capitals", base)
+    registry.set_model_alias("capitals", "production", version.version)
+    app = GatewayApp(GatewayConfig.model_validate({
+        "engine": {"kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{replica_port}"]}},
+        "tracing": {"experiment": experiment, "flush_interval": 0.5}}))
+    with BackgroundServer(app) as gateway:
+        endpoint = gateway.url + "/v1/chat/completions"
+        asyncio.run(_paced(endpoint, 20, 1.0))  # warm-up
+        tracer = app.tracer
+        before = tracer.stats.written
+        sent, achieved, errors = asyncio.run(_paced(endpoint, args.rate, args.seconds))
+        drained_at = time.perf_counter()
+        tracer.flush(300)
+        drain = time.perf_counter() - drained_at
+        stats = tracer.stats
+        written, dropped, failed = stats.written - before, stats.dropped, stats.failed
+        busy, batches = stats.write_seconds, stats.batches
+    on_server = _server_count(ensure_experiment(experiment))
+    # 2. Capacity: 5,000 traces queued at once, written in batches.
+    burst_experiment = f"bench-remote-capacity-{int(time.time())}"
+    burst = Tracer(writer_for(burst_experiment, capture_text=True), flush_interval=3600, max_batch=1000)
+    for i in range(5000):
+        trace = burst.begin("chat.completions")
+        now = time.time_ns()
+        for name in ("resolve", "render", "generate"):
+            trace.add_span(name, now, now + 1000)
+        trace.set_tag("llmops.model_version", "tiny/1")
+        trace.attributes["llmops.request_id"] = f"burst-{i}"
+        trace.usage = (20, 1)
+        trace.inputs, trace.outputs = {"messages": [{"role": "user", "content": QUESTIONS[i % 16]}]}, ["Paris"]
+        burst.submit(trace)
+    started = time.perf_counter()
+    burst.flush(600)
+    capacity_seconds = time.perf_counter() - started
+    burst.close()
+    capacity_stored = _server_count(ensure_experiment(burst_experiment))
+    return {"sent": sent + 20, "achieved": achieved, "errors": errors, "written": written, "dropped": dropped,
+            "failed": failed, "busy": busy, "batches": batches, "drain": drain, "on_server": on_server,
+            "capacity_stored": capacity_stored, "capacity_seconds": capacity_seconds,
+            "capacity": capacity_stored / capacity_seconds}
+
+
+def _remote(args: argparse.Namespace, workdir: Path) -> None:
+    import signal
+    import subprocess
+
+    import mlflow
 
     workdir.mkdir(parents=True, exist_ok=True)
-    server = None
-    url = args.server_url
-    if url is None:
-        url, server = _start_mlflow_server(workdir)
-    os.environ["MLFLOW_TRACKING_URI"] = url
     replica_port = free_port()
     replica = subprocess.Popen([sys.executable, str(Path(__file__).parent / "_fake_upstream.py"), str(replica_port), "5"])
+    results: dict[str, dict] = {}
     try:
         wait_ready(f"http://127.0.0.1:{replica_port}/health", replica)
-        # 1. The fleet gateway at --rate, every request traced into the server.
-        experiment = f"bench-remote-{int(time.time())}"
-        # `capitals@production` in the server's registry: a base served upstream (the replica ignores weights).
-        base = create_tiny_model(workdir / "tiny", overwrite=True)
-        version = registry.register_base_model("capitals", base)
-        registry.set_model_alias("capitals", "production", version.version)
-        app = GatewayApp(GatewayConfig.model_validate({
-            "engine": {"kind": "upstream", "upstream": {"urls": [f"http://127.0.0.1:{replica_port}"]}},
-            "tracing": {"experiment": experiment, "flush_interval": 0.5}}))
-        with BackgroundServer(app) as gateway:
-            endpoint = gateway.url + "/v1/chat/completions"
-            asyncio.run(_paced(endpoint, 20, 1.0))  # warm-up
-            tracer = app.tracer
-            before = tracer.stats.written
-            sent, achieved, errors = asyncio.run(_paced(endpoint, args.rate, args.seconds))
-            drained_at = time.perf_counter()
-            tracer.flush(300)
-            drain = time.perf_counter() - drained_at
-            stats = tracer.stats
-            written, dropped, failed = stats.written - before, stats.dropped, stats.failed
-            busy = stats.write_seconds
-        on_server = _server_count(ensure_experiment(experiment))
-        # 2. Capacity: 5,000 traces queued at once, written in batches.
-        burst_experiment = f"bench-remote-capacity-{int(time.time())}"
-        burst = Tracer(writer_for(burst_experiment, capture_text=True), flush_interval=3600, max_batch=1000)
-        for i in range(5000):
-            trace = burst.begin("chat.completions")
-            now = time.time_ns()
-            for name in ("resolve", "render", "generate"):
-                trace.add_span(name, now, now + 1000)
-            trace.set_tag("llmops.model_version", "tiny/1")
-            trace.attributes["llmops.request_id"] = f"burst-{i}"
-            trace.usage = (20, 1)
-            trace.inputs, trace.outputs = {"messages": [{"role": "user", "content": QUESTIONS[i % 16]}]}, ["Paris"]
-            burst.submit(trace)
-        started = time.perf_counter()
-        burst.flush(600)
-        capacity_seconds = time.perf_counter() - started
-        burst.close()
-        capacity_stored = _server_count(ensure_experiment(burst_experiment))
+        if args.server_url:
+            results["given server"] = _remote_run(args.server_url, replica_port, args, workdir)
+        else:  # the same server on MLflow's SQL store (baseline) and on the llmops+ store plugin
+            for label, scheme in (("mlflow store", "sqlite"), ("llmops store", "llmops+sqlite")):
+                url, server = _start_mlflow_server(workdir, scheme)
+                try:
+                    results[label] = _remote_run(url, replica_port, args, workdir / scheme)
+                finally:
+                    os.killpg(server.pid, signal.SIGTERM)
+                    server.wait(30)
     finally:
         replica.terminate()
-        if server is not None:
-            import signal
-
-            os.killpg(server.pid, signal.SIGTERM)
-    capacity = capacity_stored / capacity_seconds
-    print(f"conditions: mlflow server {mlflow.__version__} at {url} ({'SQLite, 1 worker' if server else 'given'}), "
-          f"fleet gateway (engine.kind: upstream) over a 5 ms replica, {os.cpu_count()} CPUs (shared)")
-    print(f"gateway at {achieved:.0f} req/s (asked {args.rate:g}) for {args.seconds:g} s, every request traced: "
-          f"sent={sent} errors={errors}; exporter wrote {written} in {stats.batches} batches ({busy:.2f} s busy, "
-          f"{written / max(busy, 1e-9):.0f} traces/s while serving), drained {drain:.2f} s after the load; "
-          f"dropped={dropped} failed={failed}; the server holds {on_server} traces of this run")
-    print(f"exporter capacity: 5000 queued traces, {capacity_stored} stored on the server in {capacity_seconds:.2f} s "
-          f"= {capacity:.0f} traces/s")
-    print(f"ratio={capacity / 200:.2f} target=1 stored_traces_per_s={capacity:.0f} target_stored_traces_per_s=200 "
-          f"dropped={dropped} target_dropped=0 failed={failed} rate={achieved:.0f} target_rate=100 "
-          f"stored_of_sent={on_server}/{sent + 20}")
+    print(f"conditions: mlflow server {mlflow.__version__} ({'given' if args.server_url else 'SQLite, 1 worker'}), "
+          f"fleet gateway (engine.kind: upstream) over a 5 ms replica, {os.cpu_count()} CPUs shared by "
+          f"gateway, load generator and server; each trace: root + 3 child spans, 2 tags, token usage, text")
+    for label, r in results.items():
+        print(f"[{label}] gateway at {r['achieved']:.0f} req/s (asked {args.rate:g}) for {args.seconds:g} s, every "
+              f"request traced: errors={r['errors']}; exporter wrote {r['written']} in {r['batches']} batches "
+              f"({r['busy']:.2f} s busy), drained {r['drain']:.2f} s after the load; dropped={r['dropped']} "
+              f"failed={r['failed']}; the server holds {r['on_server']} of {r['sent']} traced requests")
+        print(f"[{label}] exporter capacity: 5000 queued traces, {r['capacity_stored']} stored on the server in "
+              f"{r['capacity_seconds']:.2f} s = {r['capacity']:.0f} traces/s")
+    ours = results.get("llmops store") or results["given server"]
+    baseline = results.get("mlflow store")
+    vs = f" baseline_mlflow_store_traces_per_s={baseline['capacity']:.0f} speedup={ours['capacity'] / baseline['capacity']:.1f}" if baseline else ""
+    print(f"ratio={ours['capacity'] / 200:.2f} target=1 stored_traces_per_s={ours['capacity']:.0f} "
+          f"target_stored_traces_per_s=200 dropped={ours['dropped']} target_dropped=0 failed={ours['failed']} "
+          f"rate={ours['achieved']:.0f} target_rate=100 stored_of_sent={ours['on_server']}/{ours['sent']}{vs}")
 
 
 def main() -> None:

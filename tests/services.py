@@ -30,8 +30,8 @@ from typing import Callable, Iterator, Optional
 
 import pytest
 
-__all__ = ["free_port", "wait_http", "stop_process", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "s3_server", "S3Server"]
-__all__ = ["free_port", "wait_http", "stop_process", "redis_server", "postgres_database", "mlflow_server", "MlflowServer", "fake_replica"]
+__all__ = ["free_port", "wait_http", "stop_process", "redis_server", "postgres_database", "mlflow_server",
+           "MlflowServer", "s3_server", "S3Server", "fake_replica"]
 
 
 def free_port() -> int:

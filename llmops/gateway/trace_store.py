@@ -1,15 +1,14 @@
 """Writers that store `RequestTrace`s as MLflow traces, many per transaction or request.
 
-- `SqlTraceWriter` (a store MLflow reaches directly: SQLite, `postgresql://`) inserts the rows MLflow's
-  own `log_spans` would create (trace_info, trace_tags, spans; span content in MLflow's JSON schema,
-  spans location `TRACKING_STORE`) with one executemany per table. MLflow's `SqlAlchemyStore.log_spans`
-  does the same through the ORM with a flush and an update per trace; this is why the bulk path exists.
-  It is tied to the schema of the pinned MLflow minor (3.17); the tests read the traces back with
-  `mlflow.search_traces`, which is what keeps it honest.
-- `RestTraceWriter` (an `mlflow server` over HTTP) sends a whole batch as one OTLP/HTTP protobuf request
-  through MLflow's own `RestStore.log_spans` (`POST /v1/traces` with the experiment id header; the server
-  stores it with one `log_spans` call). `tests/integration/test_remote_tracing.py` checks that both paths
-  store the same traces: previews, token usage, tags, spans and their attributes.
+Both writers turn a batch into MLflow `Span`s (`mlflow_spans`: a root span carrying the trace's tags,
+token usage, inputs and outputs, and its child spans); they differ in how the spans reach the store.
+- `SqlTraceWriter` (a store this process reaches: SQLite, `postgresql://`) stores a batch of new traces
+  with one executemany per table (`registry.bulk_spans`, the rows MLflow's `log_spans` makes).
+- `RestTraceWriter` (an `mlflow server` over HTTP) sends a batch as OTLP/HTTP protobuf requests through
+  MLflow's own `RestStore.log_spans` (`POST /v1/traces` with the experiment id header; the server stores
+  each with one `log_spans` call, in bulk too when it runs the `llmops+` store plugin).
+`tests/integration/test_remote_tracing.py` checks that both paths store the same traces: previews,
+token usage, tags, spans and their attributes.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any, Optional
 
 from llmops.gateway.tracing import RequestTrace
 
-__all__ = ["SqlTraceWriter", "RestTraceWriter", "OtlpTraceWriter", "writer_for"]
+__all__ = ["SqlTraceWriter", "RestTraceWriter", "OtlpTraceWriter", "writer_for", "mlflow_spans"]
 
 _log = logging.getLogger(__name__)
 
@@ -36,140 +35,84 @@ def _json(value: Any) -> str:
     return _ENCODE(value)
 
 
-class _SpanRows:
-    """MLflow's view of one RequestTrace: its trace id and span dicts (MLflow's `Span.to_dict` schema)."""
+def mlflow_spans(traces: list[RequestTrace], capture_text: bool) -> list:
+    """The MLflow `Span`s of `traces`: per trace a root span (name, tags as `mlflow.traceTag.*` attributes,
+    token usage, inputs and outputs when `capture_text`) and its child spans."""
+    from mlflow.entities import Span
 
-    def __init__(self, trace: RequestTrace, capture_text: bool):
-        otel_trace_id = trace.otel_id
-        self.trace = trace
-        self.trace_id = trace.trace_id
-        self._b64_trace = base64.b64encode(otel_trace_id.to_bytes(16, "big")).decode()
-        root_id = random.getrandbits(64)
-        root_attrs = {
-            "mlflow.spanType": "CHAIN",
-            "mlflow.traceTag.mlflow.traceName": trace.name,  # how a server's `log_spans` learns the trace name
-            **{f"mlflow.traceTag.{k}": v for k, v in trace.tags.items()},
-            **trace.attributes,
-        }
-        if trace.usage is not None:
-            prompt, completion = trace.usage
-            root_attrs["mlflow.chat.tokenUsage"] = {
-                "input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
-        if capture_text and trace.inputs is not None:
-            root_attrs["mlflow.spanInputs"] = trace.inputs
-        if capture_text and trace.outputs is not None:
-            root_attrs["mlflow.spanOutputs"] = trace.outputs
-        self.tags = dict(trace.tags)
-        request_id = trace.attributes.get("llmops.request_id")
-        if request_id:  # searchable on every store: `tags.llmops.request_id = '...'`
-            self.tags.setdefault("llmops.request_id", str(request_id))
-            root_attrs.setdefault("mlflow.traceTag.llmops.request_id", str(request_id))
-        status = "ERROR" if trace.error else "OK"
-        self.status = status
-        self.spans = [self._span(root_id, None, trace.name, trace.start_ns, trace.end_ns, root_attrs, status,
-                                 trace.error or "")]
-        for name, start, end, attrs in trace.spans:
-            attrs = {"mlflow.spanType": "LLM" if name == "generate" else "CHAIN", **attrs}
-            self.spans.append(self._span(random.getrandbits(64), root_id, name, start, end, attrs, "OK", ""))
+    return [Span.from_dict(content) for trace in traces for content in _span_contents(trace, capture_text)]
 
-    def _span(self, span_id: int, parent: Optional[int], name: str, start: int, end: int,
-              attributes: dict, status: str, message: str) -> dict:
-        attributes = {"mlflow.traceRequestId": self.trace_id, **attributes}
+
+def _span_contents(trace: RequestTrace, capture_text: bool) -> list[dict]:
+    """One trace's spans in MLflow's `Span.to_dict` schema."""
+    b64_trace = base64.b64encode(trace.otel_id.to_bytes(16, "big")).decode()
+    root_attrs = {
+        "mlflow.spanType": "CHAIN",
+        "mlflow.traceTag.mlflow.traceName": trace.name,  # how `log_spans` learns the trace name
+        **{f"mlflow.traceTag.{k}": v for k, v in trace.tags.items()},
+        **trace.attributes,
+    }
+    if trace.usage is not None:
+        prompt, completion = trace.usage
+        root_attrs["mlflow.chat.tokenUsage"] = {
+            "input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
+    if capture_text and trace.inputs is not None:
+        root_attrs["mlflow.spanInputs"] = trace.inputs
+    if capture_text and trace.outputs is not None:
+        root_attrs["mlflow.spanOutputs"] = trace.outputs
+    request_id = trace.attributes.get("llmops.request_id")
+    if request_id:  # searchable on every store: `tags.llmops.request_id = '...'`
+        root_attrs.setdefault("mlflow.traceTag.llmops.request_id", str(request_id))
+
+    def span(span_id: int, parent: Optional[int], name: str, start: int, end: int, attributes: dict,
+             status: str, message: str) -> dict:
+        attributes = {"mlflow.traceRequestId": trace.trace_id, **attributes}
         return {
-            "span_id": f"{span_id:016x}",
-            "parent_span_id": None if parent is None else f"{parent:016x}",
+            "trace_id": b64_trace,
+            "span_id": base64.b64encode(span_id.to_bytes(8, "big")).decode(),
+            "parent_span_id": None if parent is None else base64.b64encode(parent.to_bytes(8, "big")).decode(),
             "name": name,
-            "type": attributes["mlflow.spanType"],
-            "status": status,
-            "start": start,
-            "end": end,
-            "content": {
-                "trace_id": self._b64_trace,
-                "span_id": base64.b64encode(span_id.to_bytes(8, "big")).decode(),
-                "parent_span_id": None if parent is None else base64.b64encode(parent.to_bytes(8, "big")).decode(),
-                "name": name,
-                "start_time_unix_nano": start,
-                "end_time_unix_nano": end,
-                "events": [],
-                "status": {"code": f"STATUS_CODE_{status}", "message": message},
-                "attributes": {key: _json(value) for key, value in attributes.items()},
-                "links": [],
-            },
+            "start_time_unix_nano": start,
+            "end_time_unix_nano": end,
+            "events": [],
+            "status": {"code": f"STATUS_CODE_{status}", "message": message},
+            "attributes": {key: _json(value) for key, value in attributes.items()},
+            "links": [],
         }
 
-    @staticmethod
-    def preview(value: Any, role: str) -> Optional[str]:
-        """The trace's request or response preview, made as MLflow's server makes it from the root span
-        (the last message of `role` when the value holds chat messages, else the JSON, cut to 1,000)."""
-        if value is None:
-            return None
-        from mlflow.tracing.utils.truncation import _get_truncated_preview
-
-        return _get_truncated_preview(_json(value), role=role)
+    root_id = random.getrandbits(64)
+    spans = [span(root_id, None, trace.name, trace.start_ns, trace.end_ns, root_attrs,
+                  "ERROR" if trace.error else "OK", trace.error or "")]
+    for name, start, end, attrs in trace.spans:
+        attrs = {"mlflow.spanType": "LLM" if name == "generate" else "CHAIN", **attrs}
+        spans.append(span(random.getrandbits(64), root_id, name, start, end, attrs, "OK", ""))
+    return spans
 
 
 class SqlTraceWriter:
-    """Bulk-inserts traces into an MLflow SQL tracking store (SQLite, PostgreSQL, MySQL)."""
+    """Stores traces in an MLflow SQL tracking store (SQLite, PostgreSQL) that this process reaches.
+
+    A batch of new traces goes in with one executemany per table (`registry.bulk_spans`); a batch that
+    needs MLflow's general `log_spans` (e.g. a trace id already stored) goes through it.
+    """
 
     def __init__(self, store: Any, experiment_id: str, capture_text: bool = True):
-        from mlflow.store.tracking.dbmodels.models import SqlSpan, SqlTraceInfo, SqlTraceTag
-
         self.store = store
-        self.experiment_id = int(experiment_id)
+        self.experiment_id = experiment_id
         self.capture_text = capture_text
-        self.artifact_location = store.get_experiment(experiment_id).artifact_location.rstrip("/")
-        self._tables = SqlTraceInfo.__table__, SqlTraceTag.__table__, SqlSpan.__table__
 
     def write(self, traces: list[RequestTrace]) -> None:
-        """Insert `traces` (and their spans and tags) in one transaction, retrying a locked SQLite."""
+        """Store `traces` in one transaction, retrying a locked SQLite."""
+        from llmops.registry.bulk_spans import bulk_log_spans
         from llmops.registry.store import retry_locked
 
-        rows = [_SpanRows(trace, self.capture_text) for trace in traces]
-        infos, tags, spans = [], [], []
-        for item in rows:
-            trace = item.trace
-            usage = trace.usage or (None, None)
-            infos.append({
-                "request_id": item.trace_id,
-                "experiment_id": self.experiment_id,
-                "timestamp_ms": trace.start_ns // 1_000_000,
-                "execution_time_ms": (trace.end_ns - trace.start_ns) // 1_000_000,
-                "status": item.status,
-                "client_request_id": None,  # as MLflow's `log_spans` leaves it; the request id is a tag
-                "request_preview": item.preview(trace.inputs, "user") if self.capture_text else None,
-                "response_preview": item.preview(trace.outputs, "assistant") if self.capture_text else None,
-                "db_payload_generation": 1,
-                "trace_name": trace.name,
-                "input_tokens": usage[0],
-                "output_tokens": usage[1],
-                "total_tokens": None if trace.usage is None else usage[0] + usage[1],
-            })
-            tags.append({"request_id": item.trace_id, "key": "mlflow.artifactLocation",
-                         "value": f"{self.artifact_location}/traces/{item.trace_id}/artifacts"})
-            tags.append({"request_id": item.trace_id, "key": "mlflow.trace.spansLocation", "value": "TRACKING_STORE"})
-            tags.append({"request_id": item.trace_id, "key": "mlflow.traceName", "value": trace.name})
-            tags.extend({"request_id": item.trace_id, "key": k, "value": v} for k, v in item.tags.items())
-            for span in item.spans:
-                spans.append({
-                    "trace_id": item.trace_id,
-                    "experiment_id": self.experiment_id,
-                    "span_id": span["span_id"],
-                    "parent_span_id": span["parent_span_id"],
-                    "name": span["name"],
-                    "type": span["type"],
-                    "status": span["status"],
-                    "start_time_unix_nano": span["start"],
-                    "end_time_unix_nano": span["end"],
-                    "content": _ENCODE(span["content"]),
-                })
-        retry_locked(self._insert)(infos, tags, spans)
+        spans = mlflow_spans(traces, self.capture_text)
 
-    def _insert(self, infos: list, tags: list, spans: list) -> None:
-        info_table, tag_table, span_table = self._tables
-        with self.store.engine.begin() as connection:
-            connection.execute(info_table.insert(), infos)
-            connection.execute(tag_table.insert(), tags)
-            connection.execute(span_table.insert(), spans)
+        def store() -> None:
+            if not bulk_log_spans(self.store, self.experiment_id, spans, translate=False):
+                self.store.log_spans(self.experiment_id, spans)
+
+        retry_locked(store)()
 
 
 class RestTraceWriter:
@@ -202,12 +145,8 @@ class RestTraceWriter:
         return sum(self._pool.map(self._send, chunks))
 
     def _send(self, traces: list[RequestTrace]) -> int:
-        from mlflow.entities import Span
-
         try:
-            spans = [Span.from_dict(dict(span["content"])) for trace in traces
-                     for span in _SpanRows(trace, self.capture_text).spans]
-            self.store.log_spans(self.experiment_id, spans)
+            self.store.log_spans(self.experiment_id, mlflow_spans(traces, self.capture_text))
         except Exception as error:  # the other requests of the batch may still succeed
             _log.warning("the tracking server refused %d trace(s): %s", len(traces), error)
             return len(traces)
@@ -233,12 +172,7 @@ class OtlpTraceWriter:
 
     def write(self, traces: list[RequestTrace]) -> None:
         """Export to the collector (failures logged), then store in MLflow."""
-        from mlflow.entities import Span
-
-        otel_spans = []
-        for trace in traces:
-            for span in _SpanRows(trace, self.capture_text).spans:
-                otel_spans.append(Span.from_dict(dict(span["content"]))._span)
+        otel_spans = [span._span for span in mlflow_spans(traces, self.capture_text)]
         try:
             self.exporter.export(otel_spans)
         except Exception as error:  # the collector is optional; MLflow still gets the trace

@@ -107,7 +107,7 @@ def _check_database(uri: str) -> None:
 
     from sqlalchemy.engine.url import make_url
 
-    url = make_url(uri)
+    url = make_url(uri.removeprefix("llmops+"))  # the store plugin's URIs (llmops/mlflow_plugin.py)
     try:
         url.get_dialect().import_dbapi()
     except ImportError as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
 
 from tests.services import mlflow_server
 
@@ -71,11 +72,14 @@ def _write(count: int) -> tuple[dict, object]:
     return _read_back(ensure_experiment(EXPERIMENT)), tracer
 
 
-def test_server_traces_match_the_sqlite_ones(store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("scheme", ["sqlite", "llmops+sqlite"], ids=["mlflow-store", "llmops-store-plugin"])
+def test_server_traces_match_the_sqlite_ones(store, tmp_path, monkeypatch, scheme):
+    """The gateway's traces read back the same from the embedded store (bulk rows), a stock server
+    (MLflow's `log_spans`) and a server on the `llmops+` store plugin (bulk rows behind `/v1/traces`)."""
     from llmops.gateway.trace_store import RestTraceWriter, writer_for
 
     embedded, _ = _write(60)
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server") as server:
+    with mlflow_server(f"{scheme}:///{tmp_path / 'server.db'}", tmp_path / "server") as server:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         assert isinstance(writer_for(EXPERIMENT), RestTraceWriter)
         remote, tracer = _write(60)

@@ -5,7 +5,8 @@ versions (one wins, the other exits 2, the history shows one move) -> serve thro
 with the official `openai` client -> traces read back with `mlflow.search_traces` -> drift on the
 captured traffic.
 
-Once against `mlflow server` on PostgreSQL with proxied artifacts, once against PostgreSQL directly.
+Once against `mlflow server` on PostgreSQL (`llmops+postgresql://`, the store plugin) with proxied
+artifacts, once against PostgreSQL directly.
 The gateway's in-process engine stands in for the fleet here; the fleet path is tests/integration/
 test_vllm_fleet.py.
 """
@@ -41,7 +42,10 @@ def team_uri(request, tmp_path_factory):
     with contextlib.ExitStack() as stack:
         database = stack.enter_context(postgres_database())
         if request.param == "server-proxied":
-            yield stack.enter_context(mlflow_server(database, folder / "server", artifacts="proxied")).url, folder
+            # The server runs on the llmops store plugin, as README "Team set-up" recommends; MLflow's own
+            # store behind a server is tests/integration/test_team_stores.py.
+            server = mlflow_server("llmops+" + database, folder / "server", artifacts="proxied")
+            yield stack.enter_context(server).url, folder
         else:
             yield database, folder
 
