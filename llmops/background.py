@@ -119,6 +119,8 @@ class BackgroundBatcher:
                 self._write(batch)
                 with self._idle:
                     self._in_flight = 0
+                if len(self._queue) < self.max_batch and not (closing or self._wake.is_set()):
+                    break  # what came in during the write waits for the next interval: fewer, fuller writes
             with self._idle:
                 self._idle.notify_all()
             if closing:
