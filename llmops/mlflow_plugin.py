@@ -26,7 +26,13 @@ def _database_uri(store_uri: str) -> str:
 
 def tracking_store(store_uri: str, artifact_uri: Optional[str] = None) -> Any:
     """Entry point `mlflow.tracking_store`: MLflow's SQL tracking store with bulk span batches."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+
     from llmops.registry.bulk_spans import BulkSpanStore
+
+    if MLFLOW_ENABLE_WORKSPACES.get():  # MLflow's workspace-aware store filters every query by workspace
+        raise ValueError(f"{store_uri}: the llmops store plugin does not support MLflow workspaces; "
+                         f"use {_database_uri(store_uri)!r} with --enable-workspaces")
 
     return BulkSpanStore(_database_uri(store_uri), artifact_uri)
 
