@@ -20,7 +20,7 @@ SCHEME_PREFIX = "llmops+"
 
 def _database_uri(store_uri: str) -> str:
     if not store_uri.startswith(SCHEME_PREFIX):
-        raise ValueError(f"{store_uri!r}: an llmops store URI starts with {SCHEME_PREFIX!r}")
+        raise ValueError(f"an llmops store URI starts with {SCHEME_PREFIX!r}")
     return store_uri[len(SCHEME_PREFIX):]
 
 
@@ -31,8 +31,8 @@ def tracking_store(store_uri: str, artifact_uri: Optional[str] = None) -> Any:
     from llmops.registry.bulk_spans import BulkSpanStore
 
     if MLFLOW_ENABLE_WORKSPACES.get():  # MLflow's workspace-aware store filters every query by workspace
-        raise ValueError(f"{store_uri}: the llmops store plugin does not support MLflow workspaces; "
-                         f"use {_database_uri(store_uri)!r} with --enable-workspaces")
+        raise ValueError("the llmops+ store plugin does not support MLflow workspaces (--enable-workspaces): "
+                         "give the server the database URI without the llmops+ prefix")
 
     return BulkSpanStore(_database_uri(store_uri), artifact_uri)
 
