@@ -104,7 +104,7 @@ def bulk_log_spans(store: SqlAlchemyStore, experiment_id: str, spans: list, tran
 def _resource_attributes(span: Any) -> bool:
     """Whether the span's OTel resource carries attributes MLflow would store as trace tags."""
     resource = getattr(span._span, "resource", None)
-    return resource is not None and any(not key.startswith(("telemetry.sdk.", "mlflow.", "service.name"))
+    return resource is not None and any(not key.startswith(("telemetry.sdk.", "mlflow."))
                                         for key in resource.attributes)
 
 
