@@ -36,9 +36,10 @@ def serve(
     served = ", ".join(settings.models) if settings.models else "every registered model"
     typer.echo(f"llmops gateway on http://{settings.host}:{settings.port}/v1 (serving {served})", err=True)
     # SIGTERM: stop accepting, let requests (streams included) finish for up to shutdown_timeout
-    # seconds, then the app's shutdown flushes traces and captured traffic.
+    # seconds, then the app's shutdown flushes traces and captured traffic. No access log: requests
+    # are counted in /metrics and traced; a log record per request is CPU on the hot path.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=settings.shutdown_timeout)
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout)
 
 
 def register(root_app: typer.Typer) -> None:

@@ -192,8 +192,16 @@ class Pipeline:
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": self._headers(ctx, reply.headers)})
             failure = None
+            chunks = reply.chunks
+            # An iterator that knows when it has given its last chunk (`finished`) lets that chunk carry
+            # the end of the response: one write (and one wake-up of the client) less per stream.
+            knows_end = getattr(chunks, "finished", None) is not None
             try:
-                async for chunk in reply.chunks:
+                async for chunk in chunks:
+                    if knows_end and chunks.finished:
+                        guard.close()
+                        await send({"type": "http.response.body", "body": chunk})
+                        return reply
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except asyncio.CancelledError:
                 failure = guard.failure()

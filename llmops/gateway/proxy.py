@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 import orjson
 
@@ -153,41 +153,64 @@ class FleetBackend:
 
 
 class _Stream:
-    """The chunks of a streamed reply, reporting chunk times, finish reasons and the usage."""
+    """The chunks of a streamed reply, reporting chunk times, finish reasons and the usage.
+
+    An async iterator of what each read from the replica brought (one or several SSE events, bytes
+    unchanged but for the usage event the client did not ask for): a proxy forwards what it reads,
+    so events that arrive together leave together, and none waits for the next. `finished` turns
+    True with the last piece (the replica's answer is complete), so that it can carry the end of
+    the response.
+    """
 
     def __init__(self, pool: Any, reply: Any, ctx: Any, client_wants_usage: bool, keep: bool):
         self.pool, self.reply, self.ctx = pool, reply, ctx
         self.client_wants_usage = client_wants_usage
         self.kept: Optional[list] = [] if keep else None
-        self._iterator = self._run()
+        self.finished = False
+        self._open = True
+        self._response = reply.response
+        self._response.watch(pool.config.timeout)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterator
+    def __aiter__(self) -> "_Stream":
+        return self
 
-    async def aclose(self) -> None:
-        await self._iterator.aclose()
-
-    async def _run(self) -> AsyncIterator[bytes]:
-        ctx, kept = self.ctx, self.kept
-        done = failed = False
+    async def __anext__(self) -> bytes:
+        response = self._response
         try:
-            async for chunk in self.reply.response.chunks(self.pool.config.timeout):
-                ctx.token(time.time_ns())
-                if kept is not None:
-                    kept.append(chunk)
+            while True:
+                chunk = response.read_nowait()
+                if chunk is None:
+                    await response.arrival()
+                    continue
+                if not chunk:  # the replica's answer is complete
+                    self._release()
+                    raise StopAsyncIteration
+                self.ctx.token(time.time_ns())
+                if self.kept is not None:
+                    self.kept.append(chunk)
                 # Cheap byte tests first: only a chunk that carries a finish reason or the usage is parsed.
                 if b'"usage"' in chunk or chunk.count(b'"finish_reason"') > (
                         chunk.count(b'"finish_reason":null') + chunk.count(b'"finish_reason": null')):
                     chunk = self._account(chunk)
+                if response.complete:
+                    self.finished = True
+                    self._release()
+                    if not chunk:
+                        raise StopAsyncIteration
                 if chunk:
-                    yield chunk
-            done = True
+                    return chunk
         except (OSError, asyncio.TimeoutError):  # the replica broke off: no retry once bytes went out
-            failed = True
+            self._release(failed=True)
             raise GatewayError(502, "the upstream server broke off the stream", code="upstream_error") from None
-        finally:
-            # Closing the connection early makes the replica abort the generation.
-            self.pool.release(self.reply, failed=failed, closed=not done and not failed)
+
+    async def aclose(self) -> None:
+        """Give the connection back; closing it early (the client left) makes the replica abort."""
+        self._release(closed=True)
+
+    def _release(self, failed: bool = False, closed: bool = False) -> None:
+        if self._open:
+            self._open = False
+            self.pool.release(self.reply, failed=failed, closed=closed)
 
     def _account(self, chunk: bytes) -> bytes:
         out = []

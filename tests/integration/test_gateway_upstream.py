@@ -194,6 +194,23 @@ def test_streams_pass_through_unchanged(fleet):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
+def test_a_stream_reaches_done_and_gives_its_replica_connection_back(fleet):
+    """The replica's last piece carries the end of the response: the client reads every event up to
+    `[DONE]`, the usage the gateway asked for stays out (the client did not), and the connection goes
+    back to the pool as a served request, not closed as an abandoned one."""
+    before = _served(fleet)
+    payload = {"model": "capitals@production", "messages": MESSAGES, "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", json=payload,
+                      headers={"authorization": f"Bearer {KEYS['full']}"}, timeout=30) as response:
+        assert response.status_code == 200
+        body = b"".join(response.iter_raw())
+    events = [e for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and body.endswith(b"\n\n")
+    assert all(e.startswith(b"data: ") for e in events) and b'"usage"' not in body
+    after = _served(fleet)
+    assert sum(after.values()) - sum(before.values()) == 1
+
+
 def test_adapter_is_loaded_once_per_version_on_each_replica(fleet):
     client = _client(fleet)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import AsyncIterator, Optional
+from typing import Optional
 from urllib.parse import urlsplit
 
 __all__ = ["HttpClient", "HttpResponse", "HttpConnectionError", "HttpConnectError"]
@@ -28,10 +28,12 @@ class HttpConnectError(HttpConnectionError):
 
 
 class HttpResponse:
-    """A response: `status` and `headers` (lower-case str keys) once `start()` returned; then
-    `read()` for the whole body or `chunks()` for its pieces, and `release()` or `close()`."""
+    """A response: `status` and `headers` (lower-case str keys) once `request()` returned; then
+    `read()` for the whole body, or `watch()` and `read_nowait()` / `arrival()` for its pieces as they
+    come, and `release()` or `close()`."""
 
-    __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_done", "_error", "received")
+    __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_done", "_error", "received", "_timeout",
+                 "_last", "_timer")
 
     def __init__(self, conn: "_Connection"):
         self._conn = conn
@@ -42,6 +44,9 @@ class HttpResponse:
         self._done = False
         self._error: Optional[BaseException] = None
         self.received = False  # any byte of the response arrived
+        self._timeout = 0.0
+        self._last = 0.0
+        self._timer: Optional[asyncio.TimerHandle] = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -68,52 +73,66 @@ class HttpResponse:
         self._chunks.clear()
         return data
 
-    async def chunks(self, timeout: float) -> AsyncIterator[bytes]:
-        """Body pieces as they arrive (`timeout` between pieces)."""
-        conn = self._conn
-        loop = conn.loop
+    def watch(self, timeout: float) -> None:
+        """Fail the body (a TimeoutError from `read_nowait`) once `timeout` seconds pass without a
+        piece of it; for streams, read with `read_nowait` and `arrival`."""
+        loop = self._conn.loop
+        self._timeout = timeout
+        self._last = loop.time()
         # One watchdog per `timeout` rather than a timer per piece: pieces may come every millisecond.
-        state = {"last": loop.time()}
+        self._timer = loop.call_later(timeout, self._watchdog)
 
-        def watchdog() -> None:
-            idle = loop.time() - state["last"]
-            if self._done or self._error is not None:
-                return
-            if idle >= timeout:
-                self._error = asyncio.TimeoutError("the upstream server stopped sending")
-                self._wake()
-            else:
-                state["timer"] = loop.call_later(timeout - idle, watchdog)
+    def _watchdog(self) -> None:
+        if self._done or self._error is not None:
+            return
+        loop = self._conn.loop
+        idle = loop.time() - self._last
+        if idle >= self._timeout:
+            self._error = asyncio.TimeoutError("the upstream server stopped sending")
+            self._wake()
+        else:
+            self._timer = loop.call_later(self._timeout - idle, self._watchdog)
 
-        state["timer"] = loop.call_later(timeout, watchdog)
-        try:
-            while True:
-                if self._chunks:
-                    data = b"".join(self._chunks)
-                    self._chunks.clear()
-                    if conn.paused:
-                        conn.resume()
-                    state["last"] = loop.time()
-                    yield data
-                    continue
-                if self._error is not None:
-                    raise self._error
-                if self._done:
-                    return
-                self._waiter = waiter = loop.create_future()
-                try:
-                    await waiter
-                finally:
-                    self._waiter = None
-        finally:
-            state["timer"].cancel()
+    def read_nowait(self) -> Optional[bytes]:
+        """The body bytes that arrived since the last call, all of them in one piece; b"" once the
+        body is complete; None when nothing new arrived yet (then await `arrival()`).
+
+        Raises:
+            HttpConnectionError / asyncio.TimeoutError: the body broke off, or stopped (`watch`).
+        """
+        chunks = self._chunks
+        if chunks:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            conn = self._conn
+            if conn.paused:
+                conn.resume()
+            self._last = conn.loop.time()
+            return data
+        if self._error is not None:
+            raise self._error
+        return b"" if self._done else None
+
+    @property
+    def complete(self) -> bool:
+        """The whole body arrived and `read_nowait` returned all of it."""
+        return self._done and self._error is None and not self._chunks
+
+    def arrival(self) -> asyncio.Future:
+        """A future done when more of the body arrives, it ends, or it fails."""
+        self._waiter = waiter = self._conn.loop.create_future()
+        return waiter
 
     def release(self) -> None:
         """Return the connection to the pool (closed instead if the body was not read to the end)."""
+        if self._timer is not None:
+            self._timer.cancel()
         self._conn.finish(reuse=self._done and self._error is None)
 
     def close(self) -> None:
         """Close the connection (a client that went away: the server sees it and can stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
         if not self._done and self._error is None:
             self._error = HttpConnectionError("closed by the gateway")
             self._wake()
