@@ -3,7 +3,7 @@
 MLflow's `SqlAlchemyStore.log_spans` (3.17) handles any span batch: spans of traces already stored,
 concurrent writers, rollups. For that it flushes each new trace on its own, then runs an UPDATE and one
 `merge` (a SELECT and an INSERT) per tag of every trace: about 6 ms of a server's CPU per gateway
-trace, which caps one `mlflow server` worker near 150 traces/s. A gateway's batches are simpler: every
+trace, which caps one `mlflow server` worker near 130 traces/s. A gateway's batches are simpler: every
 trace is new and complete (its root span is in the batch). For such a batch `bulk_log_spans` computes
 the same rows with MLflow's own helpers (span translation, token-usage aggregation, previews, tag
 validation) and writes them with one executemany per table. Any other batch returns False and the
