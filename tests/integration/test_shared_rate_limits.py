@@ -89,8 +89,11 @@ async def _one(client, stats: dict, url: str) -> None:
 async def _burst(urls: list[str], waves: int, per_gateway: int) -> dict:
     clients = {url: openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60) for url in urls}
     stats = {url: {"served": 0, "refused": 0, "tokens": 0} for url in urls}
-    for _ in range(waves):
-        await asyncio.gather(*(_one(clients[url], stats, url) for url in urls for _ in range(per_gateway)))
+    for wave in range(waves):
+        # Interleaved, and each wave led by the other gateway: requests reach the shared bucket in no
+        # fixed order, so neither gateway is first to every free reservation.
+        order = urls[wave % len(urls):] + urls[:wave % len(urls)]
+        await asyncio.gather(*(_one(clients[url], stats, url) for _ in range(per_gateway) for url in order))
     for client in clients.values():
         await client.close()
     return stats
