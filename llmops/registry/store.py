@@ -107,7 +107,9 @@ def _check_database(uri: str) -> None:
 
     from sqlalchemy.engine.url import make_url
 
-    url = make_url(uri.removeprefix("llmops+"))  # the store plugin's URIs (llmops/mlflow_plugin.py)
+    from llmops.mlflow_plugin import SCHEME_PREFIX
+
+    url = make_url(uri.removeprefix(SCHEME_PREFIX))  # the store plugin's URIs
     try:
         url.get_dialect().import_dbapi()
     except ImportError as error:
