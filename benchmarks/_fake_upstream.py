@@ -1,7 +1,8 @@
 """A fixed-latency OpenAI-compatible upstream: canned answers after `latency_ms`, streams of `chunks`
 canned tokens, `/health`, `/v1/models` and vLLM's `/v1/load_lora_adapter` (counted per name).
 A body with `"fake_crash": true` kills the process (a request that crashes its replica, for tests);
-`"fake_latency_ms": N` answers that request after N ms instead.
+`"fake_latency_ms": N` answers that request after N ms instead (a stream: spreads its chunks over N
+ms); `"fake_chunks": N` streams N chunks, and `"fake_chunk_text": S` makes S each chunk's text.
 
 It follows vLLM's OpenAI-compatible protocol where the gateway depends on it
 (vllm/entrypoints/openai/protocol.py and serving_chat.py): `return_token_ids` adds `prompt_token_ids`
@@ -48,14 +49,15 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
             payload["prompt_token_ids"] = [1, 2, 3, 4, 5]
         return json.dumps(payload).encode()
 
-    def chunk(body: dict, chat: bool, i: int) -> bytes:
-        choice: dict = {"index": 0, "finish_reason": "length" if i == chunks - 1 else None}
+    def chunk(body: dict, chat: bool, i: int, count: int) -> bytes:
+        choice: dict = {"index": 0, "finish_reason": "length" if i == count - 1 else None}
+        text = body.get("fake_chunk_text") or (tokens[i] if i < chunks else f" tok{i}")
         if chat:
-            choice["delta"] = {"content": tokens[i]}
+            choice["delta"] = {"content": text}
         else:
-            choice["text"] = tokens[i]
+            choice["text"] = text
         if body.get("return_token_ids"):
-            choice["token_ids"] = [completion_ids[i]]
+            choice["token_ids"] = [100 + i]
         payload = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
                    "created": 0, "model": body.get("model", "fake"), "choices": [choice]}
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
@@ -120,15 +122,16 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
             return
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
-        step = delay / chunks
-        for i in range(chunks):
+        count = int(body.get("fake_chunks", chunks))
+        step = body.get("fake_latency_ms", latency_ms) / 1000.0 / count
+        for i in range(count):
             await asyncio.sleep(step)
-            await send({"type": "http.response.body", "body": chunk(body, chat, i), "more_body": True})
+            await send({"type": "http.response.body", "body": chunk(body, chat, i, count), "more_body": True})
         tail = b""
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                     "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": chunks,
-                                              "total_tokens": 5 + chunks}}
+                     "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": count,
+                                              "total_tokens": 5 + count}}
             tail = b"data: " + json.dumps(usage).encode() + b"\n\n"
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
 

@@ -1,4 +1,5 @@
-"""The few ASGI and JSON primitives the pipeline needs: a bounded body, strict JSON, JSON replies.
+"""The few ASGI and JSON primitives the pipeline needs: a bounded body, strict JSON, JSON replies,
+and a body writer that relays streamed pieces from plain callbacks.
 
 Strict JSON (orjson): invalid UTF-8, lone surrogates (`"\\ud800"`), numbers that overflow a double
 and nesting beyond `max_depth` are 400s here, before any field is looked at, so no later step (a
@@ -7,13 +8,15 @@ tokenizer, a template, a serializer) meets them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import asyncio
+from typing import Any, AsyncIterator, Callable, Optional
 
 import orjson
 
 from llmops.gateway.errors import GatewayError
 
-__all__ = ["read_body", "parse_json", "header", "request_headers", "send_json", "JSON_HEADERS"]
+__all__ = ["read_body", "parse_json", "header", "request_headers", "send_json", "JSON_HEADERS", "BodyWriter",
+           "relay_iterator"]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
@@ -98,3 +101,77 @@ async def send_json(send: Callable, status: int, payload: Any, headers: Optional
     await send({"type": "http.response.start", "status": status,
                 "headers": (headers or []) + [*JSON_HEADERS, (b"content-length", str(len(data)).encode())]})
     await send({"type": "http.response.body", "body": data})
+
+
+class BodyWriter:
+    """Sends a response's body pieces through ASGI `send` from plain callbacks, in order.
+
+    A relay forwards each piece a replica sends from the protocol callback that read it, which saves
+    a task switch per piece (benchmarks/gateway_overhead.py). ASGI's `send` is a coroutine, but
+    uvicorn's finishes a body piece without suspending unless the client's socket buffer is full, so
+    `write` runs it to its end on the spot. When it does suspend (a slow client), the rest runs on a
+    task, which `write` returns: the caller holds the next pieces back until it is done. Under any
+    other server (whose `send` may need to run inside a task) every piece goes through a task.
+
+    Args:
+        send: The ASGI `send` callable.
+        before_end: Called just before the last piece (the end of the response) goes out.
+    """
+
+    def __init__(self, send: Callable, before_end: Callable[[], None]):
+        self.send = send
+        self.before_end = before_end
+        self.pending: Optional[asyncio.Task] = None
+        self.between_events = True  # what went out so far ends with a blank line (SSE)
+        owner = getattr(send, "__self__", None)
+        self.inline = type(owner).__module__.startswith("uvicorn.protocols.http.")
+
+    def write(self, body: bytes, end: bool = False) -> Optional[asyncio.Task]:
+        """Send `body` (and the end of the response when `end`); None when it went out, else the task
+        finishing it. Raises what `send` raises."""
+        if end:
+            self.before_end()
+        if body:
+            self.between_events = body.endswith(b"\n\n")
+        coroutine = self.send({"type": "http.response.body", "body": body, "more_body": not end})
+        if not self.inline:
+            self.pending = asyncio.ensure_future(coroutine)
+            return self.pending
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration:
+            return None
+        self.pending = asyncio.ensure_future(_run_on(coroutine, awaited))
+        return self.pending
+
+    def abandon(self) -> None:
+        """Cancel a piece still waiting to go out (the stream failed or the client left)."""
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
+
+
+async def _run_on(coroutine: Any, awaited: Any) -> None:
+    """Run `coroutine`, suspended on the future `awaited` (None: a bare yield), to its end, as the
+    task it was not started on would."""
+    try:
+        while True:
+            if awaited is None:
+                await asyncio.sleep(0)
+            else:
+                await asyncio.wait((awaited,))
+            awaited = coroutine.send(None)
+    except StopIteration:
+        return
+    finally:
+        coroutine.close()  # cancelled: unwind `send` where it waits (it has not written this piece)
+
+
+async def relay_iterator(chunks: AsyncIterator[bytes], writer: BodyWriter) -> None:
+    """Write every piece of `chunks`, then the end of the response."""
+    async for chunk in chunks:
+        pending = writer.write(chunk)
+        if pending is not None:
+            await pending
+    pending = writer.write(b"", end=True)
+    if pending is not None:
+        await pending

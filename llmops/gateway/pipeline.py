@@ -17,13 +17,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Callable, Optional
 
 import orjson
 from pydantic import ValidationError
 
 from llmops.gateway.admission import Plan, plan_embeddings, plan_generation
-from llmops.gateway.asgi import parse_json, read_body, request_headers, send_json
+from llmops.gateway.asgi import BodyWriter, parse_json, read_body, relay_iterator, request_headers, send_json
 from llmops.gateway.context import RequestContext, new_request_id
 from llmops.gateway.errors import GatewayError, from_validation_errors, internal_error
 from llmops.gateway.guard import UNGUARDED, RequestGuard
@@ -51,12 +51,13 @@ class Call:
 
 @dataclass(eq=False)
 class Reply:
-    """A backend's answer: `body`, or `chunks` (SSE bytes) for a stream."""
+    """A backend's answer: `body`, or `chunks` (SSE bytes) for a stream: an async iterator, or an
+    object with `async relay(writer)` (writes them all through an `asgi.BodyWriter`) and `aclose()`."""
 
     status: int
     headers: list
     body: bytes = b""
-    chunks: Optional[AsyncIterator[bytes]] = None
+    chunks: Any = None
     outputs: Any = None  # completion texts, for the trace
     error: Optional[str] = None  # set when a stream failed after its status line
     capture: Optional[Callable[[], dict]] = None  # token ids and texts for the capture record (lazy)
@@ -191,18 +192,14 @@ class Pipeline:
                 return reply
             await send({"type": "http.response.start", "status": reply.status,
                         "headers": self._headers(ctx, reply.headers)})
-            failure = None
+            # The guard stops watching before the last piece: the server then reports a disconnect.
+            writer = BodyWriter(send, before_end=guard.close)
             chunks = reply.chunks
-            # An iterator that knows when it has given its last chunk (`finished`) lets that chunk carry
-            # the end of the response: one write (and one wake-up of the client) less per stream.
-            knows_end = getattr(chunks, "finished", None) is not None
+            relay = getattr(chunks, "relay", None)  # a fleet stream writes from its connection's callbacks
+            failure = None
             try:
-                async for chunk in chunks:
-                    if knows_end and chunks.finished:
-                        guard.close()
-                        await send({"type": "http.response.body", "body": chunk})
-                        return reply
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await (relay(writer) if relay is not None else relay_iterator(chunks, writer))
+                return reply
             except asyncio.CancelledError:
                 failure = guard.failure()
                 if failure is None:
@@ -213,16 +210,16 @@ class Pipeline:
                 _log.exception("request %s failed mid-stream", ctx.request_id)
                 failure = internal_error(ctx.request_id)
             finally:
-                await reply.chunks.aclose()
+                writer.abandon()
+                await chunks.aclose()
             guard.close()
-            if failure is not None:
-                reply.status, reply.error = failure.status, failure.message
-                if failure.status == 499:
-                    return reply  # nobody is listening
-                # In-band, as vLLM and OpenAI report an error once the status line is out.
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"data: " + orjson.dumps(failure.body()) + b"\n\n" + _DONE})
-            await send({"type": "http.response.body", "body": b""})
+            reply.status, reply.error = failure.status, failure.message
+            if failure.status == 499:
+                return reply  # nobody is listening
+            # In-band, as vLLM and OpenAI report an error once the status line is out; a blank line
+            # first ends an event the failure cut short, so that the error is an event of its own.
+            event = b"data: " + orjson.dumps(failure.body()) + b"\n\n" + _DONE
+            await send({"type": "http.response.body", "body": event if writer.between_events else b"\n" + event})
             return reply
 
     @staticmethod

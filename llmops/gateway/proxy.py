@@ -153,55 +153,104 @@ class FleetBackend:
 
 
 class _Stream:
-    """The chunks of a streamed reply, reporting chunk times, finish reasons and the usage.
+    """A streamed reply, relayed to the client as the replica sends it, reporting chunk times, finish
+    reasons and the usage.
 
-    An async iterator of what each read from the replica brought (one or several SSE events, bytes
-    unchanged but for the usage event the client did not ask for): a proxy forwards what it reads,
-    so events that arrive together leave together, and none waits for the next. `finished` turns
-    True with the last piece (the replica's answer is complete), so that it can carry the end of
-    the response.
+    Each read from the replica (one or several SSE events, bytes unchanged but for the usage event
+    the client did not ask for) is written to the client from the protocol callback that read it: a
+    proxy forwards what it reads, so events that arrive together leave together, none waits for the
+    next, and no task wakes up per piece. Only whole lines go out (a line cut between two reads waits
+    for its end): each is parsed whole when it carries the usage, and when the replica breaks off,
+    the error event that ends the stream does not land inside a half-sent one. The last piece carries
+    the end of the response.
     """
 
     def __init__(self, pool: Any, reply: Any, ctx: Any, client_wants_usage: bool, keep: bool):
         self.pool, self.reply, self.ctx = pool, reply, ctx
         self.client_wants_usage = client_wants_usage
         self.kept: Optional[list] = [] if keep else None
-        self.finished = False
         self._open = True
         self._response = reply.response
         self._response.watch(pool.config.timeout)
+        self._writer: Any = None
+        self._done: Optional[asyncio.Future] = None
+        self._held = b""  # the start of a line whose end has not arrived
 
-    def __aiter__(self) -> "_Stream":
-        return self
+    async def relay(self, writer: Any) -> None:
+        """Write the stream through `writer` (`asgi.BodyWriter`) until its end.
 
-    async def __anext__(self) -> bytes:
-        response = self._response
+        Raises:
+            GatewayError: 502 when the replica broke off or stopped sending.
+        """
+        self._writer = writer
+        self._done = asyncio.get_running_loop().create_future()
+        self._response.listen(self._pump)
         try:
-            while True:
+            self._pump()  # what arrived with the headers
+            await self._done
+        finally:
+            self._response.listen(None)
+            writer.abandon()
+
+    def _pump(self) -> None:
+        """Forward what has arrived (a listener: runs in the connection's callbacks, never raises)."""
+        done, writer, response = self._done, self._writer, self._response
+        while not done.done():
+            if writer.pending is not None and not writer.pending.done():
+                return  # the client's socket is full: what arrives waits (the connection pauses past 1 MiB)
+            try:
                 chunk = response.read_nowait()
                 if chunk is None:
-                    await response.arrival()
-                    continue
-                if not chunk:  # the replica's answer is complete
-                    self._release()
-                    raise StopAsyncIteration
-                self.ctx.token(time.time_ns())
-                if self.kept is not None:
-                    self.kept.append(chunk)
-                # Cheap byte tests first: only a chunk that carries a finish reason or the usage is parsed.
-                if b'"usage"' in chunk or chunk.count(b'"finish_reason"') > (
-                        chunk.count(b'"finish_reason":null') + chunk.count(b'"finish_reason": null')):
-                    chunk = self._account(chunk)
-                if response.complete:
-                    self.finished = True
-                    self._release()
-                    if not chunk:
-                        raise StopAsyncIteration
+                    return
+                end = not chunk or response.complete
+                if self._held:
+                    chunk, self._held = self._held + chunk, b""
+                if not end and not chunk.endswith(b"\n"):  # hold a line back until its end arrives
+                    cut = chunk.rfind(b"\n") + 1
+                    chunk, self._held = chunk[:cut], chunk[cut:]
                 if chunk:
-                    return chunk
-        except (OSError, asyncio.TimeoutError):  # the replica broke off: no retry once bytes went out
-            self._release(failed=True)
-            raise GatewayError(502, "the upstream server broke off the stream", code="upstream_error") from None
+                    chunk = self._arrived(chunk)
+                if end:
+                    self._release()
+                pending = writer.write(chunk, end) if chunk or end else None
+            except (OSError, asyncio.TimeoutError):  # the replica broke off: no retry once bytes went out
+                self._release(failed=True)
+                done.set_exception(GatewayError(502, "the upstream server broke off the stream",
+                                                code="upstream_error"))
+                return
+            except Exception as error:  # a callback must not raise: the pipeline reports it
+                done.set_exception(error)
+                return
+            if pending is not None:
+                pending.add_done_callback(self._written)
+                return
+            if end:
+                done.set_result(None)
+            # else: once more, for a failure that came while a piece waited (nothing else wakes us)
+
+    def _written(self, pending: asyncio.Task) -> None:
+        """A piece that had to wait for the client went out: go on (or report why it did not)."""
+        done = self._done
+        if done.done():
+            return
+        if pending.cancelled():
+            done.cancel()
+        elif pending.exception() is not None:
+            done.set_exception(pending.exception())
+        elif not self._open:  # that piece ended the response
+            done.set_result(None)
+        else:
+            self._pump()
+
+    def _arrived(self, chunk: bytes) -> bytes:
+        self.ctx.token(time.time_ns())
+        if self.kept is not None:
+            self.kept.append(chunk)
+        # Cheap byte tests first: only a chunk that carries the usage or a finish reason (a string,
+        # where the others have null; vLLM writes no space after the colon, Python's json does) is parsed.
+        if b'"usage"' in chunk or b'"finish_reason":"' in chunk or b'"finish_reason": "' in chunk:
+            chunk = self._account(chunk)
+        return chunk
 
     async def aclose(self) -> None:
         """Give the connection back; closing it early (the client left) makes the replica abort."""
@@ -210,6 +259,7 @@ class _Stream:
     def _release(self, failed: bool = False, closed: bool = False) -> None:
         if self._open:
             self._open = False
+            self._response.listen(None)  # closing the connection wakes its listener
             self.pool.release(self.reply, failed=failed, closed=closed)
 
     def _account(self, chunk: bytes) -> bytes:

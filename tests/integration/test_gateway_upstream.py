@@ -9,6 +9,7 @@ transformers engine (a real model server; the slow test at the end).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -46,6 +47,13 @@ def _wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up in {timeout} s")
+
+
+def _eventually(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
 
 
 def _make_adapter(base_path: Path, out: Path, seed: int) -> Path:
@@ -209,6 +217,81 @@ def test_a_stream_reaches_done_and_gives_its_replica_connection_back(fleet):
     assert all(e.startswith(b"data: ") for e in events) and b'"usage"' not in body
     after = _served(fleet)
     assert sum(after.values()) - sum(before.values()) == 1
+
+
+def _in_flight(fleet) -> int:
+    return sum(s["in_flight"] for s in httpx.get(fleet["url"] + "/health").json()["upstreams"].values())
+
+
+def _stream_payload(**fake) -> dict:
+    return {"model": "capitals@production", "messages": MESSAGES, "max_tokens": 5, "stream": True, **fake}
+
+
+def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(fleet):
+    """A client that reads nothing while the replica streams 26 MB fills every buffer on the way: the
+    gateway's writes to it wait (each piece goes out after the one before), the connection to the
+    replica pauses, and the replica is held back. Once the client reads, every event arrives once, in
+    order, up to `[DONE]`, and the replica's connection goes back to the pool."""
+    count, text = 800, "x" * 32768
+    before = _served(fleet)
+    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                      json=_stream_payload(fake_chunks=count, fake_chunk_text=text, fake_latency_ms=100),
+                      timeout=60) as response:
+        assert response.status_code == 200
+        time.sleep(1.5)  # the replica would have sent everything in 0.1 s
+        assert _in_flight(fleet) == 1
+        body = b"".join(response.iter_raw())
+    events = [e for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(e[len(b"data: "):]) for e in events[:-1]]
+    assert len(chunks) == count and all(c["choices"][0]["delta"]["content"] == text for c in chunks)
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-2:] == [None, "length"]
+    _eventually(lambda: _in_flight(fleet) == 0)
+    assert sum(_served(fleet).values()) - sum(before.values()) == 1
+
+
+def test_a_replica_that_dies_while_its_reader_is_slow_ends_the_stream_with_an_error_event(fleet):
+    """The replica dies while the client reads nothing: once the client reads, it gets what the replica
+    had sent, then the gateway's in-band 502 error and `[DONE]` (not a hang until the request timeout),
+    and the replica is out of rotation until it is healthy again."""
+    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                      json=_stream_payload(fake_chunks=800, fake_chunk_text="y" * 32768, fake_latency_ms=100),
+                      timeout=60) as response:
+        time.sleep(1.0)
+        upstreams = httpx.get(fleet["url"] + "/health").json()["upstreams"]
+        victim = next(r for r in fleet["replicas"] if upstreams[r.url]["in_flight"] == 1)
+        victim.kill()
+        started = time.monotonic()
+        body = b"".join(response.iter_raw())
+    try:
+        assert time.monotonic() - started < 5
+        events = [e for e in body.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]" and len(events) < 800
+        error = json.loads(events[-2][len(b"data: "):])["error"]
+        assert error["code"] == "upstream_error" and "broke off" in error["message"]
+    finally:
+        victim.start()
+        _eventually(lambda: httpx.get(fleet["url"] + "/health").json()["upstreams"][victim.url]["healthy"])
+
+
+def test_a_client_that_leaves_mid_stream_closes_the_replica_connection(fleet):
+    """The client reads one event of a 5 s stream and hangs up: the gateway ends the request as 499
+    (client closed the request) and closes its replica connection, which makes a vLLM replica abort
+    the generation, instead of reading the stream to its end."""
+    def closed() -> float:
+        text = httpx.get(fleet["url"] + "/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("llmops:requests_total{") and 'status="499"' in line)
+
+    before = closed()
+    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                      json=_stream_payload(fake_chunks=50, fake_latency_ms=5000), timeout=30) as response:
+        pieces = response.iter_raw()  # kept: an abandoned iterator closes the connection
+        assert next(pieces).startswith(b"data: ")
+        assert _in_flight(fleet) == 1
+    started = time.monotonic()
+    _eventually(lambda: _in_flight(fleet) == 0 and closed() == before + 1)
+    assert time.monotonic() - started < 3
 
 
 def test_adapter_is_loaded_once_per_version_on_each_replica(fleet):

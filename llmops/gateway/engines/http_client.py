@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 __all__ = ["HttpClient", "HttpResponse", "HttpConnectionError", "HttpConnectError"]
@@ -29,11 +29,11 @@ class HttpConnectError(HttpConnectionError):
 
 class HttpResponse:
     """A response: `status` and `headers` (lower-case str keys) once `request()` returned; then
-    `read()` for the whole body, or `watch()` and `read_nowait()` / `arrival()` for its pieces as they
-    come, and `release()` or `close()`."""
+    `read()` for the whole body, or `watch()` and `read_nowait()` with `arrival()` or `listen()` for
+    its pieces as they come, and `release()` or `close()`."""
 
-    __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_done", "_error", "received", "_timeout",
-                 "_last", "_timer")
+    __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_listener", "_done", "_error", "received",
+                 "_timeout", "_last", "_timer")
 
     def __init__(self, conn: "_Connection"):
         self._conn = conn
@@ -41,6 +41,7 @@ class HttpResponse:
         self.headers: dict[str, str] = {}
         self._chunks: collections.deque = collections.deque()
         self._waiter: Optional[asyncio.Future] = None
+        self._listener: Optional[Callable[[], None]] = None
         self._done = False
         self._error: Optional[BaseException] = None
         self.received = False  # any byte of the response arrived
@@ -49,6 +50,10 @@ class HttpResponse:
         self._timer: Optional[asyncio.TimerHandle] = None
 
     def _wake(self) -> None:
+        if self._listener is not None:
+            if not self._conn.feeding:  # else data_received calls it once the whole read is parsed
+                self._listener()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -123,6 +128,12 @@ class HttpResponse:
         self._waiter = waiter = self._conn.loop.create_future()
         return waiter
 
+    def listen(self, listener: Optional[Callable[[], None]]) -> None:
+        """Call `listener()` whenever more of the body arrives, it ends, or it fails, in place of waking
+        `arrival()`: from the protocol callback itself, once per read from the socket, so that a relay
+        forwards each piece without a task switch. None stops it."""
+        self._listener = listener
+
     def release(self) -> None:
         """Return the connection to the pool (closed instead if the body was not read to the end)."""
         if self._timer is not None:
@@ -160,6 +171,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.used = 0
+        self.feeding = False  # inside parser.feed_data: a listener waits for the whole read
         self._header_name = b""
 
     # asyncio.Protocol
@@ -172,10 +184,16 @@ class _Connection(asyncio.Protocol):
             self._abort(HttpConnectionError("unexpected data from the server"))
             return
         response.received = True
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except Exception as error:
+            self.feeding = False
             self._abort(HttpConnectionError(f"malformed response: {error}"))
+            return
+        self.feeding = False
+        if response._listener is not None:
+            response._listener()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.closed = True
