@@ -5,8 +5,9 @@ limits and resolved its model version. Here `model` is rewritten to the name the
 version under (`NAME/VERSION`, or the adapter loaded through vLLM's `/v1/load_lora_adapter`), a
 `max_tokens` is filled in when the client set none (so every generation has the bound its rate limit
 reserved), and the bytes go to a replica over pooled keep-alive connections
-(`engines/upstream.ReplicaPool`). The answer comes back unchanged, chunk by chunk for streams, while
-its usage, finish reasons and chunk times feed the same `RequestContext` calls as in-process tokens.
+(`engines/upstream.ReplicaPool`). The answer comes back unchanged, relayed as it arrives for streams
+(`_Stream`), while its usage, finish reasons and chunk times feed the same `RequestContext` calls as
+in-process tokens.
 
 Behaviours to know: when capture is on, `return_token_ids: true` is added (vLLM then returns prompt
 and completion token ids). Streams always ask the replica for `stream_options.include_usage` (the
