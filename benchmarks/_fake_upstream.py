@@ -2,7 +2,7 @@
 canned tokens, `/health`, `/v1/models` and vLLM's `/v1/load_lora_adapter` (counted per name).
 A body with `"fake_crash": true` kills the process (a request that crashes its replica, for tests);
 `"fake_latency_ms": N` answers that request after N ms instead (a stream: spreads its chunks over N
-ms); `"fake_chunks": N` streams N chunks, and `"fake_chunk_text": S` makes S each chunk's text.
+ms); `"fake_chunks": N` streams N chunks, and `"fake_chunk_bytes": N` makes each chunk's text N letters.
 
 It follows vLLM's OpenAI-compatible protocol where the gateway depends on it
 (vllm/entrypoints/openai/protocol.py and serving_chat.py): `return_token_ids` adds `prompt_token_ids`
@@ -49,9 +49,9 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
             payload["prompt_token_ids"] = [1, 2, 3, 4, 5]
         return json.dumps(payload).encode()
 
-    def chunk(body: dict, chat: bool, i: int, count: int) -> bytes:
+    def chunk(body: dict, chat: bool, i: int, count: int, filler: str) -> bytes:
         choice: dict = {"index": 0, "finish_reason": "length" if i == count - 1 else None}
-        text = body.get("fake_chunk_text") or (tokens[i] if i < chunks else f" tok{i}")
+        text = filler if filler else tokens[i] if i < chunks else f" tok{i}"
         if chat:
             choice["delta"] = {"content": text}
         else:
@@ -123,10 +123,11 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream")]})
         count = int(body.get("fake_chunks", chunks))
+        filler = "x" * int(body.get("fake_chunk_bytes", 0))
         step = body.get("fake_latency_ms", latency_ms) / 1000.0 / count
         for i in range(count):
             await asyncio.sleep(step)
-            await send({"type": "http.response.body", "body": chunk(body, chat, i, count), "more_body": True})
+            await send({"type": "http.response.body", "body": chunk(body, chat, i, count, filler), "more_body": True})
         tail = b""
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"id": "cmpl-fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",

@@ -31,6 +31,7 @@ from llmops.gateway.pipeline import Call, Reply
 __all__ = ["UpstreamRoute", "FleetBackend"]
 
 _JSON = [(b"content-type", b"application/json")]
+_MAX_HELD = 1 << 20  # bytes of an unfinished line held back, at most: a longer one goes out in pieces
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,8 @@ class _Stream:
                     chunk, self._held = self._held + chunk, b""
                 if not end and not chunk.endswith(b"\n"):  # hold a line back until its end arrives
                     cut = chunk.rfind(b"\n") + 1
-                    chunk, self._held = chunk[:cut], chunk[cut:]
+                    if len(chunk) - cut <= _MAX_HELD:  # past that, a line goes out in pieces
+                        chunk, self._held = chunk[:cut], chunk[cut:]
                 if chunk:
                     chunk = self._arrived(chunk)
                 if end:

@@ -235,7 +235,7 @@ def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(flee
     count, text = 800, "x" * 32768
     before = _served(fleet)
     with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=count, fake_chunk_text=text, fake_latency_ms=100),
+                      json=_stream_payload(fake_chunks=count, fake_chunk_bytes=len(text), fake_latency_ms=100),
                       timeout=60) as response:
         assert response.status_code == 200
         time.sleep(1.5)  # the replica would have sent everything in 0.1 s
@@ -250,12 +250,25 @@ def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(flee
     assert sum(_served(fleet).values()) - sum(before.values()) == 1
 
 
+def test_lines_longer_than_the_hold_back_limit_arrive_whole(fleet):
+    """The gateway holds back at most 1 MiB of an unfinished line (a replica's bytes cannot pile up in
+    it); a 3 MiB event still reaches the client whole, in order."""
+    text = "x" * (3 << 20)
+    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                      json=_stream_payload(fake_chunks=3, fake_chunk_bytes=len(text), fake_latency_ms=30),
+                      timeout=60) as response:
+        body = b"".join(response.iter_raw())
+    events = [e for e in body.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]" and len(events) == 4
+    assert all(json.loads(e[len(b"data: "):])["choices"][0]["delta"]["content"] == text for e in events[:-1])
+
+
 def test_a_replica_that_dies_while_its_reader_is_slow_ends_the_stream_with_an_error_event(fleet):
     """The replica dies while the client reads nothing: once the client reads, it gets what the replica
     had sent, then the gateway's in-band 502 error and `[DONE]` (not a hang until the request timeout),
     and the replica is out of rotation until it is healthy again."""
     with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=800, fake_chunk_text="y" * 32768, fake_latency_ms=100),
+                      json=_stream_payload(fake_chunks=800, fake_chunk_bytes=32768, fake_latency_ms=100),
                       timeout=60) as response:
         time.sleep(1.0)
         upstreams = httpx.get(fleet["url"] + "/health").json()["upstreams"]
