@@ -1,13 +1,15 @@
 """Gateway overhead: a fixed-latency upstream called directly, through llmops, and through LiteLLM.
 
     python benchmarks/gateway_overhead.py [--litellm /work/litellmvenv/bin/litellm] [--latency-ms 20]
-        [--chunks 20] [--seconds 6] [--concurrency 1 16 64]
+        [--chunks 20] [--seconds 6] [--concurrency 1 16 64] [--rounds 3]
 
 The upstream (`_fake_upstream.py`) answers after a fixed latency, or streams `--chunks` canned tokens
 over that time. Each server runs one worker; load generator and servers share this machine's cores.
 For each target and concurrency it reports p50 / p99 latency, the p50 and p99 added over the direct
 call, throughput, and the server's CPU time per request (utime + stime of its process, from
-/proc/PID/stat), for non-streaming requests and for streams. llmops runs with API-key auth and
+/proc/PID/stat), for non-streaming requests and for streams. The lowest concurrency's cells, where
+the CPU per request is read, run `--rounds` times with the targets interleaved; the summary keeps each
+target's medians. llmops runs with API-key auth and
 Prometheus metrics on, capture and tracing off: every request goes through the whole pipeline
 (auth, strict JSON, validation, scope, limits, rate-limit reservation, resolution, metrics). The
 last line is `ratio=<llmops throughput / LiteLLM throughput at the highest concurrency> target=10 ...`
@@ -25,6 +27,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -120,6 +123,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="most seconds per measurement")
     parser.add_argument("--max-requests", type=int, default=3000, help="most requests per measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measurements of each lowest-concurrency cell (the CPU per request), median kept")
     args = parser.parse_args()
 
     try:
@@ -188,30 +193,38 @@ def main() -> None:
               f"one worker per server, load generator on the same host")
         print(f"# host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
               f"{platform.python_version()}; {versions}")
-        print(f"# each cell: up to {args.seconds:g} s or {args.max_requests} requests, after 30 warm-up requests")
+        low = min(args.concurrency)
+        print(f"# each cell: up to {args.seconds:g} s or {args.max_requests} requests, after 30 warm-up requests; "
+              f"concurrency {low}: {args.rounds} rounds, targets interleaved, medians in the summary")
         print(f"{'target':8} {'mode':6} {'conc':>4} {'n':>5} {'err':>3} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'+p50 ms':>8} {'+p99 ms':>8} {'req/s':>8} {'cpu ms/req':>10}")
         results: dict = {}
         for stream in (False, True):
             mode = "stream" if stream else "json"
             for concurrency in args.concurrency:
-                for name, url, model, process, headers in targets:
-                    asyncio.run(load(url, model, min(concurrency, 8), 30, stream, 30, headers))  # warm-up
-                    cpu0 = cpu_seconds(process.pid)
-                    latencies, wall, errors = asyncio.run(load(url, model, concurrency, args.seconds, stream,
-                                                               args.max_requests, headers))
-                    cpu = cpu_seconds(process.pid) - cpu0
-                    n = len(latencies)
-                    row = {"p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000,
-                           "rps": n / wall if wall else 0.0, "cpu": cpu / max(1, n + errors) * 1000, "n": n,
-                           "errors": errors}
-                    results[(name, mode, concurrency)] = row
-                    base = results.get(("direct", mode, concurrency), row)
-                    print(f"{name:8} {mode:6} {concurrency:>4} {n:>5} {errors:>3} {row['p50']:8.2f} {row['p99']:8.2f} "
-                          f"{row['p50'] - base['p50']:8.2f} {row['p99'] - base['p99']:8.2f} {row['rps']:8.1f} "
-                          f"{row['cpu']:10.2f}", flush=True)
+                rounds: dict = {name: [] for name, *_ in targets}
+                # The CPU-per-request cells (lowest concurrency) are measured `--rounds` times, the targets
+                # interleaved, and the median kept: a shared VM's neighbours move one cell by 20 %.
+                for _ in range(args.rounds if concurrency == low else 1):
+                    for name, url, model, process, headers in targets:
+                        asyncio.run(load(url, model, min(concurrency, 8), 30, stream, 30, headers))  # warm-up
+                        cpu0 = cpu_seconds(process.pid)
+                        latencies, wall, errors = asyncio.run(load(url, model, concurrency, args.seconds, stream,
+                                                                   args.max_requests, headers))
+                        cpu = cpu_seconds(process.pid) - cpu0
+                        n = len(latencies)
+                        row = {"p50": percentile(latencies, 50) * 1000, "p99": percentile(latencies, 99) * 1000,
+                               "rps": n / wall if wall else 0.0, "cpu": cpu / max(1, n + errors) * 1000, "n": n,
+                               "errors": errors}
+                        rounds[name].append(row)
+                        base = rounds["direct"][-1]
+                        print(f"{name:8} {mode:6} {concurrency:>4} {n:>5} {errors:>3} {row['p50']:8.2f} "
+                              f"{row['p99']:8.2f} {row['p50'] - base['p50']:8.2f} {row['p99'] - base['p99']:8.2f} "
+                              f"{row['rps']:8.1f} {row['cpu']:10.2f}", flush=True)
+                for name, rows in rounds.items():
+                    results[(name, mode, concurrency)] = {key: statistics.median(r[key] for r in rows)
+                                                          for key in rows[0]}
         top = max(args.concurrency)
-        low = min(args.concurrency)
         ll = results[("llmops", "json", top)]
         direct = results[("direct", "json", top)]
         summary = {
