@@ -122,7 +122,7 @@ class BodyWriter:
         self.send = send
         self.before_end = before_end
         self.pending: Optional[asyncio.Task] = None
-        self.between_events = True  # what went out so far ends with a blank line (SSE)
+        self._tail = b"\n\n"  # the last two bytes that went out
         owner = getattr(send, "__self__", None)
         self.inline = type(owner).__module__.startswith("uvicorn.protocols.http.")
 
@@ -132,7 +132,7 @@ class BodyWriter:
         if end:
             self.before_end()
         if body:
-            self.between_events = body.endswith(b"\n\n")
+            self._tail = (self._tail + body)[-2:]
         coroutine = self.send({"type": "http.response.body", "body": body, "more_body": not end})
         if not self.inline:
             self.pending = asyncio.ensure_future(coroutine)
@@ -143,6 +143,11 @@ class BodyWriter:
             return None
         self.pending = asyncio.ensure_future(_run_on(coroutine, awaited))
         return self.pending
+
+    def event_break(self) -> bytes:
+        """What ends an SSE event the body may have stopped inside (b"" between events), so that an
+        event sent next stands on its own."""
+        return b"" if self._tail == b"\n\n" else b"\n" if self._tail.endswith(b"\n") else b"\n\n"
 
     def abandon(self) -> None:
         """Cancel a piece still waiting to go out (the stream failed or the client left)."""

@@ -216,10 +216,10 @@ class Pipeline:
             reply.status, reply.error = failure.status, failure.message
             if failure.status == 499:
                 return reply  # nobody is listening
-            # In-band, as vLLM and OpenAI report an error once the status line is out; a blank line
-            # first ends an event the failure cut short, so that the error is an event of its own.
-            event = b"data: " + orjson.dumps(failure.body()) + b"\n\n" + _DONE
-            await send({"type": "http.response.body", "body": event if writer.between_events else b"\n" + event})
+            # In-band, as vLLM and OpenAI report an error once the status line is out, as an event of
+            # its own even when the failure cut one short.
+            event = writer.event_break() + b"data: " + orjson.dumps(failure.body()) + b"\n\n" + _DONE
+            await send({"type": "http.response.body", "body": event})
             return reply
 
     @staticmethod

@@ -88,3 +88,16 @@ def test_other_servers_get_every_piece_through_a_task_in_order():
         return server.sent
 
     assert asyncio.run(scenario()) == [(b"1", True), (b"2", True), (b"3", True), (b"", False)]
+
+
+def test_event_break_ends_whatever_event_the_body_stopped_inside():
+    async def scenario():
+        server = _UvicornLike()
+        writer = BodyWriter(server.send, before_end=lambda: None)
+        breaks = [writer.event_break()]
+        for piece in (b"data: {}\n\n", b"data: {}\n", b"data: {\"par", b"tial\"}\n", b"\n"):
+            writer.write(piece)
+            breaks.append(writer.event_break())
+        return breaks
+
+    assert asyncio.run(scenario()) == [b"", b"", b"\n", b"\n\n", b"\n", b""]
