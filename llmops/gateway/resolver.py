@@ -4,7 +4,8 @@ Entries are keyed by the parsed ref (`llmops.registry.refs.Ref`), so `tiny@produ
 `models:/tiny@production` share one entry and a malformed ref is a 400 before any registry call. The
 hot path is two dict lookups; only a ref seen for the first time goes to the registry (in a worker
 thread, one lookup per ref however many requests wait for it). A background task re-resolves every
-cached ref each `refresh_interval` seconds; when a model alias moved, `on_move(version)` (the
+cached ref each `refresh_interval` seconds (a ref whose alias still names its version costs one
+registry read, not two); when a model alias moved, `on_move(version)` (the
 backend loading what the new version needs) runs first, and only then is the entry swapped, so no
 request waits for a load. A request keeps the version it resolved, even if the alias moves meanwhile.
 """
@@ -106,10 +107,10 @@ class RegistryResolver:
         return cache[parsed]
 
     @staticmethod
-    def _lookup(kind: str, parsed: Any) -> Any:
+    def _lookup(kind: str, parsed: Any, known: Any = None) -> Any:
         from llmops.registry import get_prompt, resolve_model_ref
 
-        return resolve_model_ref(parsed) if kind == "model" else get_prompt(parsed)
+        return resolve_model_ref(parsed, known) if kind == "model" else get_prompt(parsed)
 
     # ---------------------------------------------------------------------------------- listing
 
@@ -161,7 +162,7 @@ class RegistryResolver:
         for kind, cache in (("model", self._models), ("prompt", self._prompts)):
             for parsed, old in list(cache.items()):
                 try:
-                    new = await asyncio.to_thread(self._lookup, kind, parsed)
+                    new = await asyncio.to_thread(self._lookup, kind, parsed, old)
                 except NotFoundError:
                     cache.pop(parsed, None)  # deleted: the next request gets a clear 404
                     continue

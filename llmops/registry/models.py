@@ -215,8 +215,15 @@ def _aliases_of(model: Any) -> dict[str, int]:
     return {a.alias: int(a.version) for a in aliases}
 
 
-def resolve_model_ref(ref: str | Ref) -> ModelVersion:
+def resolve_model_ref(ref: str | Ref, known: ModelVersion | None = None) -> ModelVersion:
     """Resolve `name`, `name@alias` or `name/VERSION` to the model version it names now.
+
+    Args:
+        ref: The reference.
+        known: What `ref` resolved to before (a gateway re-checking its refs): when the alias, or the
+            latest version, still names that version, `known` comes back without reading the version
+            again (one registry call instead of two). A `name/VERSION` ref is always read, so that a
+            deleted version is noticed.
 
     Raises:
         NotFoundError: no such model, alias or version (with what exists instead).
@@ -241,6 +248,8 @@ def resolve_model_ref(ref: str | Ref) -> ModelVersion:
         if not versions:
             raise NotFoundError(f"model {parsed.name!r} has no versions yet")
         number = max(versions)
+    if known is not None and parsed.version is None and (known.name, known.version) == (parsed.name, number):
+        return known  # an alias or a latest version exists only while its version does
     # One read of the version itself; the list of versions (a search that grows with the model's
     # history) is read only to explain a miss. Gateways re-resolve their refs every few seconds.
     try:

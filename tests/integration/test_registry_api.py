@@ -33,6 +33,30 @@ def test_base_model_versions_refs_and_aliases(store, base_folder):
     assert [m.name for m in registry.search_models()] == ["tiny"]
 
 
+def test_re_resolving_with_the_known_version_notices_moves_and_deletions(store, base_folder):
+    """A gateway re-checks its refs every few seconds, passing what they resolved to before."""
+    from mlflow import MlflowClient
+
+    for _ in range(3):
+        registry.register_base_model("tiny", base_folder)
+    registry.set_model_alias("tiny", "production", 1)
+    known = registry.resolve_model_ref("tiny@production")
+    assert registry.resolve_model_ref("tiny@production", known) is known  # unchanged
+    registry.set_model_alias("tiny", "production", 2)
+    moved = registry.resolve_model_ref("tiny@production", known)
+    assert moved.version == 2 and moved.aliases == ("production",)
+    latest = registry.resolve_model_ref("tiny")
+    assert registry.resolve_model_ref("tiny", latest) is latest
+    pinned = registry.resolve_model_ref("tiny/3")
+    MlflowClient().delete_model_version("tiny", "3")
+    with pytest.raises(NotFoundError):
+        registry.resolve_model_ref("tiny/3", pinned)
+    assert registry.resolve_model_ref("tiny", latest).version == 2  # the latest is gone: the one before
+    MlflowClient().delete_model_version("tiny", "2")
+    with pytest.raises(NotFoundError):  # the alias went with its version
+        registry.resolve_model_ref("tiny@production", moved)
+
+
 def test_adapter_version_stores_files_and_lineage(store, base_folder, tmp_path):
     registry.register_base_model("tiny", base_folder)
     adapter = tmp_path / "adapter"
