@@ -60,6 +60,14 @@ def _wait(ready: Callable[[], bool], process: subprocess.Popen, what: str, timeo
     raise RuntimeError(f"{what} was not ready within {timeout:.0f} s")
 
 
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `check()` is true (AssertionError after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
 def stop_process(process: subprocess.Popen, timeout: float = 60.0) -> None:
     """SIGTERM (a gateway then drains and flushes its traces and captured traffic), SIGKILL after `timeout` s."""
     if process.poll() is None:

@@ -132,7 +132,7 @@ class BodyWriter:
         if end:
             self.before_end()
         if body:
-            self._tail = (self._tail + body)[-2:]
+            self._tail = body[-2:] if len(body) > 1 else self._tail[-1:] + body
         coroutine = self.send({"type": "http.response.body", "body": body, "more_body": not end})
         if not self.inline:
             self.pending = asyncio.ensure_future(coroutine)
@@ -149,9 +149,14 @@ class BodyWriter:
         event sent next stands on its own."""
         return b"" if self._tail == b"\n\n" else b"\n" if self._tail.endswith(b"\n") else b"\n\n"
 
+    @property
+    def busy(self) -> bool:
+        """A piece is still waiting to go out: the next ones must wait for it."""
+        return self.pending is not None and not self.pending.done()
+
     def abandon(self) -> None:
         """Cancel a piece still waiting to go out (the stream failed or the client left)."""
-        if self.pending is not None and not self.pending.done():
+        if self.busy:
             self.pending.cancel()
 
 

@@ -179,26 +179,23 @@ class _Stream:
         self._held = b""  # the start of a line whose end has not arrived
 
     async def relay(self, writer: Any) -> None:
-        """Write the stream through `writer` (`asgi.BodyWriter`) until its end.
+        """Write the stream through `writer` (`asgi.BodyWriter`) until its end; the caller then calls
+        `aclose()` whatever happened (which also stops listening to the connection).
 
         Raises:
             GatewayError: 502 when the replica broke off or stopped sending.
         """
         self._writer = writer
         self._done = asyncio.get_running_loop().create_future()
-        self._response.listen(self._pump)
-        try:
-            self._pump()  # what arrived with the headers
-            await self._done
-        finally:
-            self._response.listen(None)
-            writer.abandon()
+        self._response.listen(self._pump)  # until `_release` (the end, a failure, or `aclose`)
+        self._pump()  # what arrived with the headers
+        await self._done
 
     def _pump(self) -> None:
         """Forward what has arrived (a listener: runs in the connection's callbacks, never raises)."""
         done, writer, response = self._done, self._writer, self._response
         while not done.done():
-            if writer.pending is not None and not writer.pending.done():
+            if writer.busy:
                 return  # the client's socket is full: what arrives waits (the connection pauses past 1 MiB)
             try:
                 chunk = response.read_nowait()

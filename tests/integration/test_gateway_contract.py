@@ -11,10 +11,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.services import eventually
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -79,13 +80,6 @@ def _post(gw, path: str, body, key: str = "full", headers: dict | None = None) -
     return httpx.post(gw["url"] + path, content=content, timeout=60,
                       headers={"authorization": f"Bearer {KEYS.get(key, key)}", "content-type": "application/json",
                                **(headers or {})})
-
-
-def _eventually(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def _assert_openai_error(response: "httpx.Response", status: int, param: str | None = None) -> dict:
@@ -251,7 +245,7 @@ def test_keys_are_required_and_strangers_are_not_traced(gw):
     _assert_openai_error(httpx.get(gw["url"] + "/v1/models"), 401)
     assert tracer.stats.submitted == submitted
     _post(gw, "/v1/chat/completions", {"model": "tiny@production", "messages": MESSAGES, "max_tokens": 2})
-    _eventually(lambda: tracer.stats.submitted == submitted + 1)  # traced once the answer is out
+    eventually(lambda: tracer.stats.submitted == submitted + 1)  # traced once the answer is out
     assert httpx.get(gw["url"] + "/health").status_code == 200
 
 
@@ -296,7 +290,7 @@ def test_capture_record_has_ids_versions_and_prompt_version(gw):
         gw["app"].capture.flush()
         return {r["request_id"]: r for r in capture.read(root=gw["traffic"])}
 
-    _eventually(lambda: request_id in recorded())
+    eventually(lambda: request_id in recorded())
     records = recorded()
     record = records[request_id]
     assert "client-capture" not in records

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import eventually
+
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
@@ -47,13 +49,6 @@ def _wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen | None
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} did not come up in {timeout} s")
-
-
-def _eventually(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def _make_adapter(base_path: Path, out: Path, seed: int) -> Path:
@@ -176,8 +171,13 @@ def _client(fleet, key: str = "full", **kwargs):
     return openai.OpenAI(base_url=fleet["url"] + "/v1", api_key=KEYS.get(key, key), max_retries=0, **kwargs)
 
 
+def _upstreams(fleet) -> dict:
+    """Each replica's state as the gateway's `/health` reports it."""
+    return httpx.get(fleet["url"] + "/health").json()["upstreams"]
+
+
 def _served(fleet) -> dict:
-    return {url: s["served"] for url, s in httpx.get(fleet["url"] + "/health").json()["upstreams"].items()}
+    return {url: s["served"] for url, s in _upstreams(fleet).items()}
 
 
 def test_requests_are_spread_over_both_replicas(fleet):
@@ -220,7 +220,7 @@ def test_a_stream_reaches_done_and_gives_its_replica_connection_back(fleet):
 
 
 def _in_flight(fleet) -> int:
-    return sum(s["in_flight"] for s in httpx.get(fleet["url"] + "/health").json()["upstreams"].values())
+    return sum(s["in_flight"] for s in _upstreams(fleet).values())
 
 
 def _stream_payload(**fake) -> dict:
@@ -246,7 +246,7 @@ def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(flee
     chunks = [json.loads(e[len(b"data: "):]) for e in events[:-1]]
     assert len(chunks) == count and all(c["choices"][0]["delta"]["content"] == text for c in chunks)
     assert [c["choices"][0]["finish_reason"] for c in chunks][-2:] == [None, "length"]
-    _eventually(lambda: _in_flight(fleet) == 0)
+    eventually(lambda: _in_flight(fleet) == 0)
     assert sum(_served(fleet).values()) - sum(before.values()) == 1
 
 
@@ -271,7 +271,7 @@ def test_a_replica_that_dies_while_its_reader_is_slow_ends_the_stream_with_an_er
                       json=_stream_payload(fake_chunks=800, fake_chunk_bytes=32768, fake_latency_ms=100),
                       timeout=60) as response:
         time.sleep(1.0)
-        upstreams = httpx.get(fleet["url"] + "/health").json()["upstreams"]
+        upstreams = _upstreams(fleet)
         victim = next(r for r in fleet["replicas"] if upstreams[r.url]["in_flight"] == 1)
         victim.kill()
         started = time.monotonic()
@@ -284,7 +284,7 @@ def test_a_replica_that_dies_while_its_reader_is_slow_ends_the_stream_with_an_er
         assert error["code"] == "upstream_error" and "broke off" in error["message"]
     finally:
         victim.start()
-        _eventually(lambda: httpx.get(fleet["url"] + "/health").json()["upstreams"][victim.url]["healthy"])
+        eventually(lambda: _upstreams(fleet)[victim.url]["healthy"])
 
 
 def test_a_client_that_leaves_mid_stream_closes_the_replica_connection(fleet):
@@ -303,7 +303,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_replica_connection(fleet):
         assert next(pieces).startswith(b"data: ")
         assert _in_flight(fleet) == 1
     started = time.monotonic()
-    _eventually(lambda: _in_flight(fleet) == 0 and closed() == before + 1)
+    eventually(lambda: _in_flight(fleet) == 0 and closed() == before + 1)
     assert time.monotonic() - started < 3
 
 

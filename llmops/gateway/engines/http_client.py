@@ -29,8 +29,8 @@ class HttpConnectError(HttpConnectionError):
 
 class HttpResponse:
     """A response: `status` and `headers` (lower-case str keys) once `request()` returned; then
-    `read()` for the whole body, or `watch()` and `read_nowait()` with `arrival()` or `listen()` for
-    its pieces as they come, and `release()` or `close()`."""
+    `read()` for the whole body, or `watch()`, `listen()` and `read_nowait()` for its pieces as they
+    come, and `release()` or `close()`."""
 
     __slots__ = ("_conn", "status", "headers", "_chunks", "_waiter", "_listener", "_done", "_error", "received",
                  "_timeout", "_last", "_timer")
@@ -80,7 +80,7 @@ class HttpResponse:
 
     def watch(self, timeout: float) -> None:
         """Fail the body (a TimeoutError from `read_nowait`) once `timeout` seconds pass without a
-        piece of it; for streams, read with `read_nowait` and `arrival`."""
+        piece of it; for streams, read with `listen` and `read_nowait`."""
         loop = self._conn.loop
         self._timeout = timeout
         self._last = loop.time()
@@ -100,7 +100,7 @@ class HttpResponse:
 
     def read_nowait(self) -> Optional[bytes]:
         """The body bytes that arrived since the last call, all of them in one piece; b"" once the
-        body is complete; None when nothing new arrived yet (then await `arrival()`).
+        body is complete; None when nothing new arrived yet (`listen` tells when it does).
 
         Raises:
             HttpConnectionError / asyncio.TimeoutError: the body broke off, or stopped (`watch`).
@@ -123,15 +123,10 @@ class HttpResponse:
         """The whole body arrived and `read_nowait` returned all of it."""
         return self._done and self._error is None and not self._chunks
 
-    def arrival(self) -> asyncio.Future:
-        """A future done when more of the body arrives, it ends, or it fails."""
-        self._waiter = waiter = self._conn.loop.create_future()
-        return waiter
-
     def listen(self, listener: Optional[Callable[[], None]]) -> None:
-        """Call `listener()` whenever more of the body arrives, it ends, or it fails, in place of waking
-        `arrival()`: from the protocol callback itself, once per read from the socket, so that a relay
-        forwards each piece without a task switch. None stops it."""
+        """Call `listener()` whenever more of the body arrives, it ends, or it fails: from the protocol
+        callback itself, once per read from the socket, so that a relay forwards each piece without a
+        task switch. None stops it."""
         self._listener = listener
 
     def release(self) -> None:
