@@ -85,14 +85,40 @@ def _try_lock(client: Any, lock: str) -> bool:
             raise error from None
     # Held: break it when its holder is gone (killed on this host, or silent for longer than any
     # transaction takes).
-    try:
-        info = json.loads(held.description or "{}")
-    except ValueError:
-        info = {}
-    if time.time() - float(info.get("time", 0)) > LOCK_TTL_S or _holder_is_dead(str(info.get("owner", ""))):
-        _log.warning("breaking the stale alias lock %s (held by %s)", lock, info.get("owner"))
+    if _is_stale(held):
+        _log.warning("breaking the stale alias lock %s (held by %s)", lock, _holder(held).get("owner"))
         _unlock(client, lock)
     return False
+
+
+def _holder(lock_model: Any) -> dict:
+    try:
+        info = json.loads(lock_model.description or "{}")
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _is_stale(lock_model: Any) -> bool:
+    """True when the lock's holder is gone: killed on this host, or silent for longer than any
+    transaction takes."""
+    info = _holder(lock_model)
+    try:
+        age = time.time() - float(info.get("time", 0))
+    except (TypeError, ValueError):
+        return True
+    return age > LOCK_TTL_S or _holder_is_dead(str(info.get("owner", "")))
+
+
+def _is_live_lock(client: Any, name: str, alias: str) -> bool:
+    """True while a live process holds the lock of `name@alias` (its move is under way)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        held = client.get_registered_model(_lock_name(name, alias))
+    except MlflowException:
+        return False
+    return not _is_stale(held)
 
 
 def _holder_is_dead(owner: str) -> bool:
@@ -143,7 +169,14 @@ def _finish(ops: AliasOps, name: str, pending_key: str, event_value: str) -> Non
     """Record the event of an intent whose alias did move (idempotent: same tag key, same value)."""
     _, event_key = _event_key(pending_key)
     if event_key not in ops.get_tags(name):
-        retry_locked(ops.set_tag)(name, event_key, event_value)
+        try:
+            retry_locked(ops.set_tag)(name, event_key, event_value)
+        except Exception as error:
+            # Two repairs (two readers after a crash) write the same new tag at once: MLflow's SQL
+            # store reads, then inserts, so on PostgreSQL the second insert breaks the tag's
+            # primary key. The tag the other one wrote is this one.
+            if ops.get_tags(name).get(event_key) != event_value:
+                raise error
     _delete_tag(ops, name, pending_key)
 
 
@@ -151,16 +184,19 @@ def _pending_for(tags: Mapping[str, str], alias: str) -> list[str]:
     return [k for k in tags if k.startswith(PENDING_PREFIX) and _event_key(k)[0] == alias]
 
 
-def repair(client: Any, ops: AliasOps, name: str, tags: Mapping[str, str]) -> list[str]:
+def repair(client: Any, ops: AliasOps, name: str, tags: Mapping[str, str], holding_lock: bool = False) -> list[str]:
     """Complete or undo alias moves that a killed process left half done; returns what was reported.
 
-    Runs on every read of an entry that carries an intent tag, without the lock: every step is
-    idempotent (the event tag key is fixed by the intent), so a repair racing the live transaction
-    that wrote the intent ends in the same state as either alone.
+    Runs on every read of an entry that carries an intent tag. An intent whose alias lock a live
+    process holds is that process's move under way, and is left to it (`holding_lock`: the caller
+    holds it, inside `move_alias`). Otherwise every step is idempotent (the event tag key is fixed by
+    the intent), so two readers repairing at once end as either alone would.
     """
     problems: list[str] = []
     for key in [k for k in tags if k.startswith(PENDING_PREFIX)]:
         alias, _ = _event_key(key)
+        if not holding_lock and _is_live_lock(client, name, alias):
+            continue
         try:
             event = json.loads(tags[key])
             now = ops.get_alias(name, alias)
@@ -224,7 +260,7 @@ def move_alias(
     try:
         tags = ops.get_tags(name)
         if _pending_for(tags, alias):
-            problems = repair(client, ops, name, {k: tags[k] for k in _pending_for(tags, alias)})
+            problems = repair(client, ops, name, {k: tags[k] for k in _pending_for(tags, alias)}, holding_lock=True)
             if problems:
                 raise RegistryError(problems[0])
         previous = ops.get_alias(name, alias)

@@ -142,6 +142,75 @@ def test_kill_between_alias_move_and_record_is_repaired(team_store, tiny_model_p
     registry.set_model_alias(name, "production", 1, expected=2)  # and the alias is not left locked
 
 
+def test_a_read_leaves_a_live_move_to_its_mover(team_store, tiny_model_path):
+    """A read while another process is between its intent and its record (the lock held, the alias
+    already swapped) leaves the intent to the mover: two writers of one event tag would race on
+    PostgreSQL. Once the lock is gone, the next read records the move."""
+    import mlflow
+
+    from llmops.registry import aliases, events
+    from llmops.registry.models import _model_ops
+
+    name = _unique("live")
+    registry.register_base_model(name, tiny_model_path)
+    registry.register_base_model(name, tiny_model_path)
+    client = mlflow.MlflowClient()
+    ops = _model_ops(client)
+    lock = aliases._acquire(client, name, "production", wait_s=5)  # held by this (live) process
+    event = events.new_event(name, "production", None, 2, "mid-move", None)
+    event_key, event_value = events.event_tag(event)
+    pending = aliases._pending_key(event_key, "production")
+    client.set_registered_model_tag(name, pending, event_value)
+    client.set_registered_model_alias(name, "production", "2")
+
+    assert registry.resolve_model_ref(f"{name}@production").version == 2
+    tags = client.get_registered_model(name).tags
+    assert pending in tags and event_key not in tags, "a reader finished a move it does not own"
+
+    aliases._unlock(client, lock)
+    registry.resolve_model_ref(name)
+    tags = client.get_registered_model(name).tags
+    assert pending not in tags and tags[event_key] == event_value
+    assert [(e.from_version, e.to_version, e.reason) for e in registry.alias_history(name)] == [(None, 2, "mid-move")]
+
+
+def test_readers_repairing_one_move_at_once_on_postgresql(team_stores):
+    """Readers that find one crashed move at the same moment all finish it, none fails: MLflow's SQL
+    store sets a tag by a read then an insert, and PostgreSQL refuses the second insert."""
+    import threading
+
+    import mlflow
+
+    from llmops.registry import aliases
+    from llmops.registry.models import _model_ops
+
+    uri = team_stores["postgresql"]
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = _unique("race")
+    client.create_registered_model(name)
+    ops = _model_ops(client)
+    for round_ in range(10):
+        pending = f"{PENDING_PREFIX}production.{round_:06d}"
+        client.set_registered_model_tag(name, pending, "{}")
+        start, errors = threading.Barrier(4), []
+
+        def finish() -> None:
+            start.wait()
+            try:
+                aliases._finish(ops, name, pending, "{}")
+            except Exception as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=finish) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+        tags = client.get_registered_model(name).tags
+        assert pending not in tags and tags[aliases._event_key(pending)[1]] == "{}"
+
+
 def test_refused_request_is_one_line_naming_the_store(team_stores, monkeypatch):
     """A request the server refuses (a model version whose source lies outside any run) becomes one
     line that names the server."""
