@@ -149,13 +149,11 @@ def test_a_read_leaves_a_live_move_to_its_mover(team_store, tiny_model_path):
     import mlflow
 
     from llmops.registry import aliases, events
-    from llmops.registry.models import _model_ops
 
     name = _unique("live")
     registry.register_base_model(name, tiny_model_path)
     registry.register_base_model(name, tiny_model_path)
     client = mlflow.MlflowClient()
-    ops = _model_ops(client)
     lock = aliases._acquire(client, name, "production", wait_s=5)  # held by this (live) process
     event = events.new_event(name, "production", None, 2, "mid-move", None)
     event_key, event_value = events.event_tag(event)
