@@ -29,7 +29,6 @@ REQUESTS = [0]  # generation requests received
 
 
 def make_app(latency_ms: float = 20.0, chunks: int = 20):
-    delay = latency_ms / 1000.0
     tokens = [f" tok{i}" for i in range(chunks)]
     completion_ids = list(range(100, 100 + chunks))
 

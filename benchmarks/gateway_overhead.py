@@ -1,7 +1,7 @@
 """Gateway overhead: a fixed-latency upstream called directly, through llmops, and through LiteLLM.
 
     python benchmarks/gateway_overhead.py [--litellm /work/litellmvenv/bin/litellm] [--latency-ms 20]
-        [--chunks 20] [--seconds 6] [--concurrency 1 16 64] [--rounds 3]
+        [--chunks 20] [--seconds 6] [--concurrency 1 16 64] [--rounds 3] [--gateway-from DIR ...]
 
 The upstream (`_fake_upstream.py`) answers after a fixed latency, or streams `--chunks` canned tokens
 over that time. Each server runs one worker; load generator and servers share this machine's cores.
@@ -16,6 +16,12 @@ last line is `ratio=<llmops throughput / LiteLLM throughput at the highest concu
 with `share_of_direct=<llmops throughput / direct upstream throughput at the highest concurrency>`
 (goal >= 0.95) among its pairs, and the upstream's own CPU per answer (`upstream_cpu_ms_*`, the
 "direct" rows' CPU column): what serving the same bytes costs a bare server on this machine.
+
+Absolute CPU figures drift with the machine's load (the bare upstream's own CPU per stream moves by
+30 % over a day on a shared VM); compare within one run. `--gateway-from DIR` adds the gateway of
+another source tree as a target, e.g. the commit before a change:
+
+    git worktree add /tmp/before HEAD~1 && python benchmarks/gateway_overhead.py --gateway-from /tmp/before
 """
 
 from __future__ import annotations
@@ -115,6 +121,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def start_gateway(work: Path, env: dict, up_url: str, tree: str | None) -> tuple[subprocess.Popen, int]:
+    """`llmops serve` in front of the upstream, from this checkout or from the source tree `tree`
+    (an older commit's `git worktree`, to compare against in the same run). Returns (process, port)."""
+    from llmops.gateway.auth import hash_key
+
+    port = free_port()
+    config = work / f"gateway-{port}.yaml"
+    config.write_text(
+        f"kind: gateway\nport: {port}\nmodels: [fake@production]\n"
+        f"engine: {{kind: upstream, upstream: {{urls: ['{up_url}']}}}}\n"
+        f"tracing: {{enabled: false}}\n"
+        f"limits: {{max_tokens: 64, default_max_tokens: 20}}\n"
+        f"auth: {{enabled: true, keys: [{{id: bench, sha256: {hash_key(KEY)}}}]}}\n")
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(Path(tree).resolve())}
+    process = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(config)],
+                               env=env, cwd=work, stderr=subprocess.DEVNULL)
+    return process, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--litellm", default=shutil.which("litellm") or "/work/litellmvenv/bin/litellm")
@@ -125,6 +151,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=3,
                         help="measurements of each lowest-concurrency cell (the CPU per request), median kept")
+    parser.add_argument("--gateway-from", action="append", default=[], metavar="DIR",
+                        help="also run the gateway of the llmops source tree DIR (e.g. `git worktree add DIR REV`) "
+                             "as target llmops@<DIR's name>, to compare revisions in one run")
     args = parser.parse_args()
 
     try:
@@ -149,18 +178,11 @@ def main() -> None:
                         "registry.register_base_model('fake', 'org/fake-model')\n"
                         "registry.set_model_alias('fake', 'production', 1)"], env=env, check=True, cwd=work,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        from llmops.gateway.auth import hash_key
-
-        ll_port = free_port()
-        (work / "gateway.yaml").write_text(
-            f"kind: gateway\nport: {ll_port}\nmodels: [fake@production]\n"
-            f"engine: {{kind: upstream, upstream: {{urls: ['{up_url}']}}}}\n"
-            f"tracing: {{enabled: false}}\n"
-            f"limits: {{max_tokens: 64, default_max_tokens: 20}}\n"
-            f"auth: {{enabled: true, keys: [{{id: bench, sha256: {hash_key(KEY)}}}]}}\n")
-        llmops_proc = subprocess.Popen([sys.executable, "-m", "llmops", "serve", "--config", str(work / "gateway.yaml")],
-                                       env=env, cwd=work, stderr=subprocess.DEVNULL)
-        processes.append(llmops_proc)
+        gateways = []  # (target name, process, port)
+        for name, tree in [("llmops", None)] + [(f"llmops@{Path(t).name}", t) for t in args.gateway_from]:
+            process, port = start_gateway(work, env, up_url, tree)
+            processes.append(process)
+            gateways.append((name, process, port))
 
         lite_port = free_port()
         lite_cfg = work / "litellm.yaml"
@@ -178,13 +200,14 @@ def main() -> None:
                                           "--host", "127.0.0.1", "--num_workers", "1"], env=lite_env, cwd=work,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             processes.append(lite_proc)
-        wait_ready(f"http://127.0.0.1:{ll_port}/health", llmops_proc)
+        for _, process, port in gateways:
+            wait_ready(f"http://127.0.0.1:{port}/health", process)
         if lite_proc is not None:
             wait_ready(f"http://127.0.0.1:{lite_port}/health/liveliness", lite_proc, timeout=180)
 
-        targets = [("direct", f"{up_url}/v1/chat/completions", "fake/1", upstream, {}),
-                   ("llmops", f"http://127.0.0.1:{ll_port}/v1/chat/completions", "fake@production", llmops_proc,
-                    {"authorization": f"Bearer {KEY}"})]
+        targets = [("direct", f"{up_url}/v1/chat/completions", "fake/1", upstream, {})]
+        targets += [(name, f"http://127.0.0.1:{port}/v1/chat/completions", "fake@production", process,
+                     {"authorization": f"Bearer {KEY}"}) for name, process, port in gateways]
         if lite_proc is not None:
             targets.append(("litellm", f"http://127.0.0.1:{lite_port}/v1/chat/completions", "fake", lite_proc,
                             {"authorization": f"Bearer {LITELLM_KEY}"}))
@@ -196,7 +219,8 @@ def main() -> None:
         low = min(args.concurrency)
         print(f"# each cell: up to {args.seconds:g} s or {args.max_requests} requests, after 30 warm-up requests; "
               f"concurrency {low}: {args.rounds} rounds, targets interleaved, medians in the summary")
-        print(f"{'target':8} {'mode':6} {'conc':>4} {'n':>5} {'err':>3} {'p50 ms':>8} {'p99 ms':>8} "
+        width = max(8, *(len(name) for name, *_ in targets))
+        print(f"{'target':{width}} {'mode':6} {'conc':>4} {'n':>5} {'err':>3} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'+p50 ms':>8} {'+p99 ms':>8} {'req/s':>8} {'cpu ms/req':>10}")
         results: dict = {}
         for stream in (False, True):
@@ -218,7 +242,7 @@ def main() -> None:
                                "errors": errors}
                         rounds[name].append(row)
                         base = rounds["direct"][-1]
-                        print(f"{name:8} {mode:6} {concurrency:>4} {n:>5} {errors:>3} {row['p50']:8.2f} "
+                        print(f"{name:{width}} {mode:6} {concurrency:>4} {n:>5} {errors:>3} {row['p50']:8.2f} "
                               f"{row['p99']:8.2f} {row['p50'] - base['p50']:8.2f} {row['p99'] - base['p99']:8.2f} "
                               f"{row['rps']:8.1f} {row['cpu']:10.2f}", flush=True)
                 for name, rows in rounds.items():
@@ -240,6 +264,10 @@ def main() -> None:
             "llmops_added_p50_ms_c1": round(results[("llmops", "json", low)]["p50"]
                                             - results[("direct", "json", low)]["p50"], 3),
         }
+        for name, *_ in gateways[1:]:  # the --gateway-from trees, same conditions
+            summary[f"{name}_cpu_ms_json"] = round(results[(name, "json", low)]["cpu"], 3)
+            summary[f"{name}_cpu_ms_stream"] = round(results[(name, "stream", low)]["cpu"], 3)
+            summary[f"{name}_share_of_direct"] = round(results[(name, "json", top)]["rps"] / direct["rps"], 3)
         if lite_proc is not None:
             lite = results[("litellm", "json", top)]
             summary.update({
