@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from llmops.errors import RegistryError
 from llmops.registry import events as _events
-from llmops.registry.store import retry_locked
+from llmops.registry.store import retry_locked, upsert_tag
 
 __all__ = ["AliasOps", "AliasConflictError", "move_alias", "repair", "LOCK_PREFIX", "PENDING_PREFIX"]
 
@@ -169,14 +169,7 @@ def _finish(ops: AliasOps, name: str, pending_key: str, event_value: str) -> Non
     """Record the event of an intent whose alias did move (idempotent: same tag key, same value)."""
     _, event_key = _event_key(pending_key)
     if event_key not in ops.get_tags(name):
-        try:
-            retry_locked(ops.set_tag)(name, event_key, event_value)
-        except Exception as error:
-            # Two repairs (two readers after a crash) write the same new tag at once: MLflow's SQL
-            # store reads, then inserts, so on PostgreSQL the second insert breaks the tag's
-            # primary key. The tag the other one wrote is this one.
-            if ops.get_tags(name).get(event_key) != event_value:
-                raise error
+        upsert_tag(ops.set_tag, name, event_key, event_value)  # two readers repairing one crash write it at once
     _delete_tag(ops, name, pending_key)
 
 

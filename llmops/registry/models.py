@@ -23,7 +23,7 @@ from llmops.errors import NotFoundError, RegistryError
 from llmops.registry import aliases as _aliases
 from llmops.registry import events as _events
 from llmops.registry.refs import Ref, check_alias, check_name, parse_ref
-from llmops.registry.store import configure, retry_locked
+from llmops.registry.store import configure, upsert_tag
 
 __all__ = [
     "ModelVersion",
@@ -298,8 +298,8 @@ def tag_model_version(ref: str, tags: Mapping[str, Any]) -> ModelVersion:
     """
     version = resolve_model_ref(ref)
     client = configure()
-    for key, value in tags.items():
-        retry_locked(client.set_model_version_tag)(version.name, str(version.version), key, str(value)[:4800])
+    for key, value in tags.items():  # two evaluations of one version may write the same keys at once
+        upsert_tag(client.set_model_version_tag, version.name, str(version.version), key, str(value)[:4800])
     return resolve_model_ref(version.ref)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from llmops.errors import RegistryError
 
 __all__ = [
-    "tracking_uri", "artifact_root", "configure", "ensure_experiment", "retry_locked",
+    "tracking_uri", "artifact_root", "configure", "ensure_experiment", "retry_locked", "upsert_tag",
     "describe_store", "ui_command", "store_error_message",
 ]
 
@@ -212,6 +212,27 @@ def store_error_message(error: BaseException, uri: str | None = None) -> str | N
 
 def _is_locked(error: Exception) -> bool:
     return "database is locked" in str(error)
+
+
+def _lost_insert_race(error: Exception) -> bool:
+    text = str(error).lower()
+    return "unique" in text or "duplicate" in text
+
+
+def upsert_tag(fn: Callable[..., T], *args: Any) -> T:
+    """Call an MLflow `set_*_tag` method `fn(*args)`, safe against a concurrent writer of the same key.
+
+    MLflow's SQL stores set a tag by a read, then an insert when the key is new: two processes
+    writing one new key at once both insert, and the second breaks the tag's primary key (PostgreSQL,
+    MySQL; a tracking server answers 400). By then the row exists, so once more updates it: the last
+    writer wins, as with any tag.
+    """
+    try:
+        return retry_locked(fn)(*args)
+    except Exception as error:
+        if not _lost_insert_race(error):
+            raise
+        return retry_locked(fn)(*args)
 
 
 def retry_locked(fn: Callable[..., T], attempts: int = 8, first_delay: float = 0.05) -> Callable[..., T]:

@@ -172,41 +172,54 @@ def test_a_read_leaves_a_live_move_to_its_mover(team_store, tiny_model_path):
     assert [(e.from_version, e.to_version, e.reason) for e in registry.alias_history(name)] == [(None, 2, "mid-move")]
 
 
-def test_readers_repairing_one_move_at_once_on_postgresql(team_stores):
-    """Readers that find one crashed move at the same moment all finish it, none fails: MLflow's SQL
-    store sets a tag by a read then an insert, and PostgreSQL refuses the second insert."""
+def _at_once(threads: int, work) -> list[Exception]:
+    """Run `work()` on `threads` threads released together; the exceptions they raised."""
     import threading
 
+    start, errors = threading.Barrier(threads), []
+
+    def run() -> None:
+        start.wait()
+        try:
+            work()
+        except Exception as error:
+            errors.append(error)
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return errors
+
+
+def test_concurrent_writers_of_one_new_tag_on_postgresql(team_stores, tiny_model_path, monkeypatch):
+    """MLflow's SQL store sets a tag by a read then an insert, and PostgreSQL refuses the second
+    insert of a new key. Readers that find one crashed move at the same moment all finish it, and
+    evaluations that tag one version at the same moment all succeed (the last one wins)."""
     import mlflow
 
     from llmops.registry import aliases
     from llmops.registry.models import _model_ops
 
     uri = team_stores["postgresql"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = _unique("race")
-    client.create_registered_model(name)
+    version = registry.register_base_model(name, tiny_model_path)
     ops = _model_ops(client)
     for round_ in range(10):
         pending = f"{PENDING_PREFIX}production.{round_:06d}"
         client.set_registered_model_tag(name, pending, "{}")
-        start, errors = threading.Barrier(4), []
-
-        def finish() -> None:
-            start.wait()
-            try:
-                aliases._finish(ops, name, pending, "{}")
-            except Exception as error:
-                errors.append(error)
-
-        threads = [threading.Thread(target=finish) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        errors = _at_once(4, lambda: aliases._finish(ops, name, pending, "{}"))
         assert not errors, errors[0]
         tags = client.get_registered_model(name).tags
         assert pending not in tags and tags[aliases._event_key(pending)[1]] == "{}"
+
+        key = f"llmops.eval.race{round_}.correct"
+        errors = _at_once(4, lambda: registry.tag_model_version(version.ref, {key: "0.5"}))
+        assert not errors, errors[0]
+        assert client.get_model_version(name, "1").tags[key] == "0.5"
 
 
 def test_refused_request_is_one_line_naming_the_store(team_stores, monkeypatch):
