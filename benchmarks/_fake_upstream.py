@@ -50,7 +50,7 @@ def make_app(latency_ms: float = 20.0, chunks: int = 20):
 
     def chunk(body: dict, chat: bool, i: int, count: int, filler: str) -> bytes:
         choice: dict = {"index": 0, "finish_reason": "length" if i == count - 1 else None}
-        text = filler if filler else tokens[i] if i < chunks else f" tok{i}"
+        text = filler or f" tok{i}"
         if chat:
             choice["delta"] = {"content": text}
         else:

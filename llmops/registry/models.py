@@ -238,8 +238,8 @@ def resolve_model_ref(ref: str | Ref, known: ModelVersion | None = None) -> Mode
     aliases = _aliases_of(model)
     if parsed.alias is not None:
         if parsed.alias not in aliases:
-            known = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items())) or "none"
-            raise NotFoundError(f"model {parsed.name!r} has no alias {parsed.alias!r} (aliases: {known})")
+            existing = ", ".join(f"{a}->{v}" for a, v in sorted(aliases.items())) or "none"
+            raise NotFoundError(f"model {parsed.name!r} has no alias {parsed.alias!r} (aliases: {existing})")
         number = aliases[parsed.alias]
     elif parsed.version is not None:
         number = parsed.version

@@ -223,8 +223,11 @@ def _in_flight(fleet) -> int:
     return sum(s["in_flight"] for s in _upstreams(fleet).values())
 
 
-def _stream_payload(**fake) -> dict:
-    return {"model": "capitals@production", "messages": MESSAGES, "max_tokens": 5, "stream": True, **fake}
+def _stream(fleet, timeout: float, **fake):
+    """A raw streamed chat request (`httpx.stream`); `fake` shapes the replica's stream (`fake_chunks`, ...)."""
+    return httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
+                        json={"model": "capitals@production", "messages": MESSAGES, "max_tokens": 5, "stream": True,
+                              **fake}, timeout=timeout)
 
 
 def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(fleet):
@@ -234,9 +237,7 @@ def test_a_slow_reader_holds_its_replica_back_and_gets_every_event_in_order(flee
     order, up to `[DONE]`, and the replica's connection goes back to the pool."""
     count, text = 800, "x" * 32768
     before = _served(fleet)
-    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=count, fake_chunk_bytes=len(text), fake_latency_ms=100),
-                      timeout=60) as response:
+    with _stream(fleet, 60, fake_chunks=count, fake_chunk_bytes=len(text), fake_latency_ms=100) as response:
         assert response.status_code == 200
         time.sleep(1.5)  # the replica would have sent everything in 0.1 s
         assert _in_flight(fleet) == 1
@@ -254,9 +255,7 @@ def test_lines_longer_than_the_hold_back_limit_arrive_whole(fleet):
     """The gateway holds back at most 1 MiB of an unfinished line (a replica's bytes cannot pile up in
     it); a 3 MiB event still reaches the client whole, in order."""
     text = "x" * (3 << 20)
-    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=3, fake_chunk_bytes=len(text), fake_latency_ms=30),
-                      timeout=60) as response:
+    with _stream(fleet, 60, fake_chunks=3, fake_chunk_bytes=len(text), fake_latency_ms=30) as response:
         body = b"".join(response.iter_raw())
     events = [e for e in body.split(b"\n\n") if e]
     assert events[-1] == b"data: [DONE]" and len(events) == 4
@@ -267,9 +266,7 @@ def test_a_replica_that_dies_while_its_reader_is_slow_ends_the_stream_with_an_er
     """The replica dies while the client reads nothing: once the client reads, it gets what the replica
     had sent, then the gateway's in-band 502 error and `[DONE]` (not a hang until the request timeout),
     and the replica is out of rotation until it is healthy again."""
-    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=800, fake_chunk_bytes=32768, fake_latency_ms=100),
-                      timeout=60) as response:
+    with _stream(fleet, 60, fake_chunks=800, fake_chunk_bytes=32768, fake_latency_ms=100) as response:
         time.sleep(1.0)
         upstreams = _upstreams(fleet)
         victim = next(r for r in fleet["replicas"] if upstreams[r.url]["in_flight"] == 1)
@@ -297,8 +294,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_replica_connection(fleet):
                    if line.startswith("llmops:requests_total{") and 'status="499"' in line)
 
     before = closed()
-    with httpx.stream("POST", fleet["url"] + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['full']}"},
-                      json=_stream_payload(fake_chunks=50, fake_latency_ms=5000), timeout=30) as response:
+    with _stream(fleet, 30, fake_chunks=50, fake_latency_ms=5000) as response:
         pieces = response.iter_raw()  # kept: an abandoned iterator closes the connection
         assert next(pieces).startswith(b"data: ")
         assert _in_flight(fleet) == 1
